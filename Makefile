@@ -1,0 +1,40 @@
+# ftatlas: `make serve` runs the app, `make test` runs the tests; both set everything up first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export ANONYMIZED_TELEMETRY := False
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test finetune eval bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: this exact CPU wheel lies on disk; a looser spec pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		echo "warning: could not install Debian chromium; browser tests will fail"
+	touch $@
+
+serve: install
+	$(VENV)/bin/ftatlas serve
+
+test: install
+	# pytest exits 5 when it collects nothing: that is a failure here too.
+	$(VENV)/bin/pytest -m "not gpu"
+
+
+finetune: install
+	$(VENV)/bin/ftatlas finetune data
+	$(VENV)/bin/ftatlas finetune train --max-minutes 20
+	$(VENV)/bin/ftatlas eval --configs atlas-rag,atlas-rag-lora
+
+clean:
+	rm -rf data test-artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""ftatlas: the front door (settings and CLI)."""

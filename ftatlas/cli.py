@@ -1,0 +1,206 @@
+"""The one CLI (`ftatlas`): builds Settings once and hands it to the rooms; domain errors become one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .settings import Settings, SettingsError, load_settings
+
+# Offline by default: nothing here may reach a model hub, a telemetry host or an analytics endpoint.
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ANONYMIZED_TELEMETRY": "False",
+    "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def friendly(fn):
+    """Turn the rooms' domain errors into a click error with the message, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ingest.errors import IngestError
+
+        errors: tuple = (IngestError, SettingsError)
+        try:
+            from serve.errors import ServeError
+
+            errors += (ServeError,)
+        except ImportError:
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except errors as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+@click.group()
+@click.option("--profile", default=None, help="Settings profile: merges settings-<profile>.yaml over settings.yaml.")
+@click.pass_context
+def cli(ctx: click.Context, profile: str | None) -> None:
+    """ftatlas: answers questions about adapting LLMs, from the Fine-Tuning Atlas and its papers."""
+    try:
+        ctx.obj = load_settings(profile)
+    except SettingsError as e:
+        raise click.ClickException(str(e)) from e
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--log-batches", is_flag=True, help="Print a line after each committed batch.")
+@pass_settings
+@friendly
+def ingest(settings: Settings, paths: tuple[Path, ...], quiet: bool, log_batches: bool) -> None:
+    """Ingest the manifest (no PATHS), or add files/folders of Markdown, text, PDF or HTML as user documents."""
+    from ingest import ingest as run_ingest
+
+    def on_batch(n: int, size: int) -> None:
+        click.echo(f"committed batch {n} ({size} chunks)")
+        sys.stdout.flush()
+
+    summary = run_ingest(settings, list(paths) or None, progress=not quiet, on_batch=on_batch if log_batches else None)
+    click.echo(summary.text())
+    if paths and summary.failed and not (summary.added or summary.updated or summary.skipped):
+        sys.exit(1)
+
+
+@cli.group()
+def documents() -> None:
+    """List or delete ingested documents."""
+
+
+@documents.command("list")
+@pass_settings
+@friendly
+def documents_list(settings: Settings) -> None:
+    """One line per document: id, kind, chunks, title."""
+    from ingest import list_documents
+
+    docs = list_documents(settings)
+    if not docs:
+        click.echo("no documents: run `ftatlas ingest`")
+    for key, d in docs.items():
+        click.echo(f"{key}\t{d['kind']}\t{d['chunks']}\t{d['title']}")
+
+
+@documents.command("delete")
+@click.argument("doc_id")
+@pass_settings
+@friendly
+def documents_delete(settings: Settings, doc_id: str) -> None:
+    """Remove one document from Chroma, the keyword index and the state."""
+    from ingest import delete_document
+
+    keys = delete_document(settings, doc_id)
+    click.echo(f"deleted {', '.join(keys)}")
+
+
+@cli.group()
+def corpus() -> None:
+    """Corpus maintenance."""
+
+
+@corpus.command("fetch")
+@pass_settings
+@friendly
+def corpus_fetch(settings: Settings) -> None:
+    """Download the papers' PDFs into the cache (needs a network); the next ingest includes them."""
+    from ingest import fetch_papers
+
+    report = fetch_papers(settings)
+    click.echo(report.text())
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks: print figures (never part of `make test`)."""
+
+
+@bench.command("ingest")
+@click.option("--scale", default=1, show_default=True, help="Also ingest a synthetic corpus this many times larger.")
+@pass_settings
+@friendly
+def bench_ingest(settings: Settings, scale: int) -> None:
+    """Pipeline chunks/s vs raw SentenceTransformer.encode on the same chunks, and the no-op re-ingest time."""
+    from ingest.bench import run_bench
+
+    click.echo(run_bench(settings, scale))
+
+
+def _llm_overrides(settings: Settings, engine: str | None, model: str | None, base_url: str | None) -> Settings:
+    update = {k: v for k, v in {"engine": engine, "model": model, "base_url": base_url}.items() if v}
+    return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)}) if update else settings
+
+
+@cli.command()
+@click.option("--engine", type=click.Choice(["llamacpp", "openai", "vllm", "transformers"]), default=None, help="Overrides llm.engine.")
+@click.option("--model", default=None, help="Overrides llm.model (GGUF path, HF folder/id, or the remote model name).")
+@click.option("--base-url", default=None, help="Overrides llm.base_url (openai engine).")
+@click.option("--host", default=None, help="Overrides serve.host (127.0.0.1 by default).")
+@click.option("--port", type=int, default=None, help="Overrides serve.port.")
+@pass_settings
+@friendly
+def serve(settings: Settings, engine, model, base_url, host, port) -> None:
+    """Run the UI (/) and the OpenAI-compatible API (/v1) in one process; ingests first when the index is stale."""
+    import uvicorn
+
+    from serve import create_app
+
+    settings = _llm_overrides(settings, engine, model, base_url)
+    host, port = host or settings.serve.host, port or settings.serve.port
+    app = create_app(settings)
+    click.echo(f"ftatlas: serving on http://{host}:{port}/ (UI) and http://{host}:{port}/v1 (API), engine {settings.llm.engine}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    rag = app.state.ftatlas.rag if hasattr(app.state, "ftatlas") else None
+    if rag is not None:
+        rag.close()  # stops a vllm child process too
+
+
+@cli.command()
+@click.argument("question")
+@click.option("--mode", default="atlas-rag", show_default=True, help="atlas-rag, atlas-base or atlas-rag-lora.")
+@click.option("--engine", type=click.Choice(["llamacpp", "openai", "vllm", "transformers"]), default=None)
+@click.option("--max-tokens", type=int, default=None)
+@pass_settings
+@friendly
+def ask(settings: Settings, question: str, mode: str, engine, max_tokens) -> None:
+    """Answer one question, then list the numbered sources."""
+    from ingest import ingest as run_ingest
+    from serve import RagEngine
+
+    settings = _llm_overrides(settings, engine, None, None)
+    run_ingest(settings, progress=False)
+    rag = RagEngine(settings)
+    try:
+        if mode == "atlas-rag-lora":
+            rag.load_adapter()
+        out = rag.complete(mode, [{"role": "user", "content": question}], max_tokens=max_tokens)
+    finally:
+        rag.close()
+    click.echo(out["choices"][0]["message"]["content"])
+    if out["sources"]:
+        click.echo("\nSources:")
+        for s in sorted(out["sources"], key=lambda s: s["index"]):
+            where = f" > {s['section'].split(' > ')[-1]}" if s["section"] else ""
+            click.echo(f"[{s['index']}] {s['title']}{where} ({s['source']}) score {s['score']:.3f}")
+    if out.get("grounding"):
+        click.echo(f"(grounding: {out['grounding']['mode']}, supported {out['grounding']['supported']})")
+
+
+def main() -> None:
+    cli(prog_name="ftatlas")
+
+
+if __name__ == "__main__":
+    main()

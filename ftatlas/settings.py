@@ -1,0 +1,170 @@
+"""The one Settings object: settings.yaml, a settings-<profile>.yaml on top, then FTATLAS_<SECTION>__<FIELD> env vars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class IngestSettings(BaseModel):
+    data_dir: Path = Field(Path("data"), description="Where Chroma, the BM25 index, ingest state and caches live (git-ignored).")
+    manifest: Path = Field(Path("corpus/manifest.yaml"), description="The corpus manifest ingested when no paths are given.")
+    chroma_host: str | None = Field(None, description="Chroma server host; when set, use HttpClient instead of a local PersistentClient.")
+    chroma_port: int = Field(8000, description="Chroma server port (with chroma_host).")
+    collection: str = Field("ftatlas", description="Chroma collection name.")
+    embed_model: str = Field("bundled", description="sentence-transformers model: 'bundled' (all-MiniLM-L6-v2 from its package), a local folder or a model name.")
+    embed_batch_size: int = Field(64, description="Texts per SentenceTransformer.encode batch.")
+    batch_size: int = Field(64, description="Chunks written to Chroma per committed batch.")
+    chunk_tokens: int = Field(400, description="Target chunk size in embedder tokens.")
+    chunk_overlap: int = Field(48, description="Overlap between consecutive text chunks in embedder tokens.")
+    fetch_timeout_s: float = Field(20.0, description="Timeout for every network call of `corpus fetch`.")
+    device: str = Field("cpu", description="Torch device for the embedder.")
+
+
+class RetrievalSettings(BaseModel):
+    top_k: int = Field(5, description="Passages given to the model and returned as sources.")
+    mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="Retrieval mode.")
+    candidates: int = Field(30, description="Candidates each retriever contributes before fusion.")
+    rrf_k: int = Field(60, description="Reciprocal rank fusion constant.")
+    reranker: str | None = Field(None, description="Local sentence-transformers CrossEncoder folder; None disables reranking.")
+    rerank: bool = Field(False, description="Rerank fused candidates with the cross-encoder (needs reranker).")
+    glossary: Path = Field(Path("corpus/glossary.yaml"), description="Russian->English terms that expand Russian queries.")
+    dense_weight: float = Field(0.3, description="Weight of the dense ranking in fusion for English queries.")
+    dense_weight_ru: float = Field(0.5, description="Weight of the dense ranking for Russian queries (the embedder is English-only).")
+
+
+class LLMSettings(BaseModel):
+    engine: Literal["llamacpp", "openai", "vllm", "transformers"] = Field("llamacpp", description="Which LLM engine answers.")
+    model: str = Field("bundled", description="GGUF path for llamacpp ('bundled' = SmolLM2-135M-Instruct Q4_1), model name/path for others.")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (…/v1) for the openai engine.")
+    api_key: str = Field("not-needed", description="API key for the openai engine.")
+    n_ctx: int = Field(8192, description="Context window in tokens (llama.cpp's own default of 512 is far too small).")
+    n_threads: int | None = Field(None, description="CPU threads for llama.cpp; None lets it choose.")
+    adapter: Path | None = Field(None, description="LoRA adapter folder (peft layout) served as atlas-rag-lora.")
+    max_tokens: int = Field(200, description="Default answer length in tokens.")
+    temperature: float = Field(0.0, description="Default sampling temperature (0 = greedy).")
+    top_p: float = Field(0.9, description="Default nucleus sampling threshold.")
+    repeat_penalty: float = Field(1.15, description="Repetition penalty; small models loop without it.")
+    timeout_s: float = Field(120.0, description="Timeout for each call to a remote engine.")
+    vllm_port: int = Field(8001, description="Port the vllm child process listens on.")
+    vllm_tensor_parallel_size: int = Field(1, description="vLLM --tensor-parallel-size.")
+    vllm_max_model_len: int = Field(8192, description="vLLM --max-model-len.")
+    vllm_gpu_memory_utilization: float = Field(0.85, description="vLLM --gpu-memory-utilization.")
+    vllm_startup_timeout_s: float = Field(600.0, description="How long to wait for vllm's /health.")
+    grounding_overlap: float = Field(0.5, description="Min share of a sentence's content tokens found in one cited passage sentence.")
+    grounding_similarity: float = Field(0.6, description="Min embedding cosine between a sentence and a passage sentence.")
+    generate_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages the model writes itself; others are answered by quoting passages.")
+    refuse_below: float = Field(0.35, description="Decline when no passage sentence reaches this relevance to the question.")
+    extractive_sentences: int = Field(2, description="Passage sentences quoted by an extractive answer.")
+    grounding_min_supported: float = Field(0.5, description="Below this share of supported sentences the answer turns extractive.")
+
+
+class ServeSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(7860, description="Port for the UI (/) and the API (/v1).")
+    api_keys: list[str] = Field(default_factory=list, description="When non-empty, /v1 routes need 'Authorization: Bearer <key>'.")
+    history_tokens: int = Field(600, description="Token budget for conversation history in the prompt.")
+
+
+class FinetuneSettings(BaseModel):
+    base_model: str = Field("bundled", description="HF folder or id to train on; 'bundled' de-quantizes the bundled GGUF once.")
+    train_questions: Path = Field(Path("corpus/qa/train.jsonl"), description="Curated training questions.")
+    runs_dir: Path = Field(Path("runs"), description="Where training runs are written.")
+    oracle_drop_fraction: float = Field(0.2, description="RAFT P: share of examples whose oracle passage is left out.")
+    distractors: int = Field(3, description="Distractor passages per example.")
+    validation_fraction: float = Field(0.1, description="Share of examples held out for validation.")
+    lora_r: int = Field(16, description="LoRA rank.")
+    lora_alpha: int = Field(32, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="Modules LoRA adapts.")
+    learning_rate: float = Field(2e-4, description="Learning rate.")
+    batch_size: int = Field(4, description="Per-device batch size.")
+    grad_accum: int = Field(1, description="Gradient accumulation steps.")
+    max_steps: int = Field(150, description="Optimizer steps.")
+    max_seq_len: int = Field(768, description="Max tokens per example.")
+    qlora: bool = Field(False, description="Load the base in 4-bit NF4 (CUDA + bitsandbytes only).")
+    seed: int = Field(13, description="Random seed for data and training.")
+
+
+class EvalSettings(BaseModel):
+    questions: Path = Field(Path("evals/questions.jsonl"), description="The gold question set.")
+    reports_dir: Path = Field(Path("reports"), description="Where eval runs are written.")
+    thresholds: Path = Field(Path("evals/thresholds.json"), description="Committed retrieval-gate thresholds.")
+    max_tokens: int = Field(160, description="Answer length during evals.")
+
+
+class Settings(BaseSettings):
+    """Everything configurable, built once in the CLI and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="FTATLAS_", env_nested_delimiter="__", extra="ignore")
+
+    root: Path = Field(Path("."), description="Project root; relative paths below resolve against it.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Ingestion.")
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Retrieval.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="LLM engine.")
+    serve: ServeSettings = Field(default_factory=ServeSettings, description="HTTP server and UI.")
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description="Fine-tuning.")
+    evals: EvalSettings = Field(default_factory=EvalSettings, description="Evaluations.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # env beats YAML (passed as init kwargs); explicit CLI flags are applied afterwards with model_copy.
+        return (env_settings, init_settings)
+
+    def path(self, p: Path | str) -> Path:
+        """Resolve a configured path against the project root. Example: Path('data') -> <root>/data."""
+        p = Path(p)
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.ingest.data_dir)
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` holding settings.yaml, else the repo this package lives in."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "settings.yaml").is_file():
+            return d
+    return Path(__file__).resolve().parent.parent
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge nested dicts, `over` winning. Example: {'a': {'x': 1, 'y': 2}} + {'a': {'y': 3}} -> {'a': {'x': 1, 'y': 3}}."""
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class SettingsError(Exception):
+    """A settings file or profile is missing or malformed."""
+
+
+def load_settings(profile: str | None = None, root: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from settings.yaml, settings-<profile>.yaml (profile or FTATLAS_PROFILE) and the environment."""
+    root = Path(root).resolve() if root else find_root()
+    profile = profile or os.environ.get("FTATLAS_PROFILE") or None
+    data: dict = {}
+    files = [root / "settings.yaml"] + ([root / f"settings-{profile}.yaml"] if profile else [])
+    for f in files:
+        if not f.is_file():
+            if f.name != "settings.yaml":
+                raise SettingsError(f"profile {profile!r}: {f} does not exist")
+            continue
+        try:
+            loaded = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{f}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{f}: expected a mapping of sections")
+        data = deep_merge(data, loaded)
+    data = deep_merge(data, overrides)
+    data["root"] = root
+    return Settings(**data)

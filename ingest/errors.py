@@ -1,0 +1,18 @@
+"""Domain errors of the ingestion room; the CLI and the API turn them into messages."""
+
+
+class IngestError(Exception):
+    """Ingestion cannot go on (bad settings, unreachable Chroma server, unknown document)."""
+
+
+class DocumentError(IngestError):
+    """One document cannot be read; it is skipped and named in the summary."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class FetchError(IngestError):
+    """Downloading the papers' PDFs failed (offline, timeout, bad response)."""

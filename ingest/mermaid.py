@@ -1,0 +1,91 @@
+"""Mermaid flowcharts -> plain sentences, one per edge, so that questions about a diagram can find it."""
+
+from __future__ import annotations
+
+import re
+
+# Node shapes, longest delimiters first: [[..]], [(..)], ((..)), {{..}}, [..], (..), {..}, >..]
+_SHAPE = r"""(?:\[\[(?P<a>.*?)\]\]|\[\((?P<b>.*?)\)\]|\(\((?P<c>.*?)\)\)|\{\{(?P<d>.*?)\}\}|\[(?P<e>.*?)\]|\((?P<f>.*?)\)|\{(?P<g>.*?)\}|>(?P<h>.*?)\])"""
+_NODE = re.compile(r"\s*(?P<id>[A-Za-z0-9_]+)\s*" + _SHAPE + r"?")
+# Arrows with optional text: A -- text --> B, A -->|text| B, A --> B, A -.-> B, A ==> B, A --- B
+_ARROW = re.compile(
+    r"\s*(?:--\s*(?P<t1>[^->|][^>]*?)\s*-->|==\s*(?P<t2>[^=>][^>]*?)\s*==>|-\.\s*(?P<t3>[^.>][^>]*?)\s*\.->|"
+    r"(?:-->|==>|-\.->|---|-\.-|===)\s*(?:\|(?P<t4>[^|]*)\|)?)\s*"
+)
+_EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F\u200D]")
+
+
+def _clean(label: str) -> str:
+    """Example: '🔧 Full Fine-Tuning<br/>Обучаем все параметры' -> 'Full Fine-Tuning<br>Обучаем все параметры'."""
+    label = label.strip().strip('"')
+    label = re.sub(r"<br\s*/?>", "<br>", label, flags=re.I)
+    label = _EMOJI.sub("", label)
+    return re.sub(r"[ \t]+", " ", label).strip()
+
+
+def _render(label: str, decision: bool) -> str:
+    """A node as prose: a decision reads as one question, a box as 'title (detail)'.
+
+    Example: ('Есть мощная GPU<br>и достаточно данных?', True) -> 'Есть мощная GPU и достаточно данных?';
+    ('Full Fine-Tuning<br>Обучаем все параметры', False) -> 'Full Fine-Tuning (Обучаем все параметры)'.
+    """
+    parts = [p.strip() for p in label.split("<br>") if p.strip()]
+    if not parts:
+        return ""
+    if decision or len(parts) == 1:
+        return " ".join(parts)
+    detail = " ".join(parts[1:])
+    return f"{parts[0]} {detail}" if detail.startswith("(") and detail.endswith(")") else f"{parts[0]} ({detail})"
+
+
+def render_edges(source: str) -> list[str]:
+    """Sentences for a Mermaid flowchart's edges and subgraphs.
+
+    Example: 'B{Есть GPU?} -- Да --> C[Full Fine-Tuning<br/>все веса]'
+      -> ['Есть GPU? — Да → Full Fine-Tuning (все веса)']
+    """
+    labels: dict[str, tuple[str, bool]] = {}
+    edges: list[tuple[str, str, str]] = []
+    groups: list[tuple[str, list[str]]] = []
+    for raw in source.splitlines():
+        line = raw.strip().rstrip(";")
+        if not line or line.startswith(("%%", "graph", "flowchart", "classDef", "class ", "style ", "linkStyle", "click ")):
+            continue
+        m = re.match(r"subgraph\s+(\w+)(?:\s*\[\s*\"?(.*?)\"?\s*\])?", line)
+        if m:
+            groups.append((_clean(m.group(2) or m.group(1)), []))
+            continue
+        if line == "end":
+            continue
+        chain, pos = [], 0
+        node = _NODE.match(line, pos)
+        while node:
+            nid = node.group("id")
+            shape = next((node.group(k) for k in "abcdefgh" if node.group(k) is not None), None)
+            if shape is not None:
+                labels[nid] = (_clean(shape), node.group("g") is not None or node.group("d") is not None)
+            chain.append(nid)
+            pos = node.end()
+            arrow = _ARROW.match(line, pos)
+            if not arrow or arrow.end() == pos:
+                break
+            text = next((arrow.group(k) for k in ("t1", "t2", "t3", "t4") if arrow.group(k)), "")
+            chain.append(_clean(text))
+            pos = arrow.end()
+            node = _NODE.match(line, pos)
+        if groups and len(chain) == 1:
+            groups[-1][1].append(chain[0])
+        for i in range(0, len(chain) - 2, 2):
+            edges.append((chain[i], chain[i + 1], chain[i + 2]))
+
+    def name(nid: str) -> str:
+        label, decision = labels.get(nid, (nid, False))
+        return _render(label, decision) or nid
+
+    out = []
+    for a, text, b in edges:
+        out.append(f"{name(a)} — {text} → {name(b)}" if text else f"{name(a)} → {name(b)}")
+    for title, members in groups:
+        if members:
+            out.append(f"{title}: " + ", ".join(name(m) for m in members) + ".")
+    return out

@@ -1,0 +1,74 @@
+"""`llm.engine: transformers`: a Hugging Face model in-process (CPU or CUDA), peft on top for the adapter."""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from ..errors import EngineUnavailable
+from .base import GenerationParams, bundled_gguf
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, settings, adapter: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        llm = settings.llm
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            if llm.model == "bundled":
+                gguf = bundled_gguf()
+                kw = {"gguf_file": gguf.name}
+                src = str(gguf.parent)
+            else:
+                kw, src = {}, llm.model
+            self.tokenizer = AutoTokenizer.from_pretrained(src, **kw)
+            dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+            self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw).to(self.device).eval()
+        except (OSError, ValueError) as e:
+            raise EngineUnavailable(f"transformers engine: cannot load {llm.model}: {e}") from e
+        if adapter:
+            from peft import PeftModel
+
+            from finetune import validate_adapter
+
+            validate_adapter(settings.path(llm.adapter), self.model.config)
+            self.model = PeftModel.from_pretrained(self.model, str(settings.path(llm.adapter))).eval()
+        self.n_ctx = min(llm.n_ctx, getattr(self.model.config, "max_position_embeddings", llm.n_ctx))
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
+        import torch
+        from transformers import TextIteratorStreamer
+
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)["input_ids"].to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sample = params.temperature > 0
+        kwargs = dict(input_ids=ids, max_new_tokens=params.max_tokens, streamer=streamer, do_sample=sample,
+                      repetition_penalty=params.repeat_penalty, pad_token_id=self.tokenizer.eos_token_id)
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        with self._lock:
+            worker = threading.Thread(target=lambda: torch.no_grad()(self.model.generate)(**kwargs), daemon=True)
+            worker.start()
+            text = ""
+            for delta in streamer:
+                text += delta
+                stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
+                if stop_at >= 0:
+                    break
+                yield delta
+            worker.join()
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,104 @@
+"""Answer-time grounding: pick the passage sentences that matter, check generated sentences, quote when needed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ingest.keyword import tokenize
+
+from .prompt import split_sentences
+from .retrieval import Passage
+
+_CITE = re.compile(r"\[(\d+)\]")
+_META = re.compile(r"^(Authors:|Термины:|Method:|Метод:)")  # card headers: true, but never an answer
+
+
+@dataclass
+class Sentence:
+    n: int  # 1-based passage number
+    text: str
+    vec: np.ndarray
+    tokens: set[str]
+
+
+def overlap(a: set[str], b: set[str]) -> float:
+    """Share of a's tokens found in b. Example: ({'lora', 'rank'}, {'lora'}) -> 0.5."""
+    return len(a & b) / len(a) if a else 0.0
+
+
+class Grounder:
+    """Holds one question's passage sentences with their vectors; every check reuses them."""
+
+    def __init__(self, embedder, question: str, passages: list[Passage], search_query: str | None = None):
+        self.embedder = embedder
+        texts, owners = [], []
+        for n, p in enumerate(passages, 1):
+            for s in split_sentences(p.text):
+                texts.append(s)
+                owners.append(n)
+        vecs = embedder.encode([search_query or question] + texts) if texts else embedder.encode([search_query or question])
+        self.qvec, svecs = vecs[0], vecs[1:]
+        self.qtokens = set(tokenize(search_query or question))
+        self.sentences = [Sentence(n, t, v, set(tokenize(t))) for n, t, v in zip(owners, texts, svecs)]
+
+    def relevance(self, s: Sentence) -> float:
+        """How well a passage sentence answers the question: cosine plus keyword overlap."""
+        return float(s.vec @ self.qvec) + 0.5 * overlap(self.qtokens, s.tokens)
+
+    def best_relevance(self) -> float:
+        return max((self.relevance(s) for s in self.sentences), default=0.0)
+
+    def top_sentences(self, k: int, per_passage: int | None = None) -> list[Sentence]:
+        ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
+        out, per = [], {}
+        for s in ranked:
+            if per_passage and per.get(s.n, 0) >= per_passage:
+                continue
+            if any(s.text == o.text for o in out):
+                continue
+            out.append(s)
+            per[s.n] = per.get(s.n, 0) + 1
+            if len(out) >= k:
+                break
+        return out
+
+    def support(self, sentence: str, min_overlap: float, min_similarity: float) -> tuple[bool, int, float]:
+        """(supported, best passage n, score) for one generated sentence, against its cited passages if it cites any."""
+        cited = {int(c) for c in _CITE.findall(sentence)}
+        pool = [s for s in self.sentences if not cited or s.n in cited] or self.sentences
+        clean = _CITE.sub("", sentence).strip()
+        toks = set(tokenize(clean))
+        if not pool or not toks:
+            return False, 0, 0.0
+        vec = self.embedder.encode([clean])[0]
+        best = max(pool, key=lambda s: max(overlap(toks, s.tokens), float(s.vec @ vec)))
+        ov, sim = overlap(toks, best.tokens), float(best.vec @ vec)
+        # A figure the passage does not state is a hallucination, however similar the rest reads.
+        numbers = {t for t in toks if t[0].isdigit()}
+        passage_numbers = {t for s in pool if s.n == best.n for t in s.tokens if t[0].isdigit()}
+        if numbers - passage_numbers:
+            return False, best.n, 0.0
+        return (ov >= min_overlap or sim >= min_similarity), best.n, max(ov, sim)
+
+    def extractive(self, k: int = 2) -> str:
+        """Quote the k passage sentences that best answer the question, each with its [n]."""
+        return " ".join(f"{s.text} [{s.n}]" for s in self.top_sentences(k, per_passage=1))
+
+
+def trim_passage(p: Passage, grounder: "Grounder", n: int, keep: int = 4) -> Passage:
+    """The passage cut to its `keep` most relevant sentences, in their original order (what the model then reads)."""
+    mine = [s for s in grounder.sentences if s.n == n]
+    if len(mine) <= keep:
+        return p
+    chosen = {id(s) for s in sorted(mine, key=grounder.relevance, reverse=True)[:keep]}
+    text = " ".join(s.text for s in mine if id(s) in chosen)
+    return Passage(p.id, p.doc_id, p.title, p.section, p.source, text, p.score, p.language, p.kind)
+
+
+def split_generated(text: str) -> list[str]:
+    """Example: 'LoRA trains BA [1]. It is cheap.' -> ['LoRA trains BA [1].', 'It is cheap.']."""
+    parts = re.split(r"(?<=[.!?])\s+|\n+", text.strip())
+    return [p.strip() for p in parts if p.strip()]

@@ -1,0 +1,85 @@
+"""The RAG prompt: numbered passages [1]..[k] with title and section, history, question; kept inside a token budget."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from .retrieval import Passage
+
+NO_ANSWER = {
+    "en": "The passages do not contain the answer to this question.",
+    "ru": "В найденных источниках нет ответа на этот вопрос.",
+}
+LANGUAGE_NAMES = {"en": "English", "ru": "Russian"}
+
+SYSTEM_RAG = (
+    "You are ftatlas, an assistant for engineers who adapt large language models. Answer the question using only "
+    "the numbered passages. Cite the passage you use as [n]. Answer in {language}, in one to three short sentences. "
+    "If the passages do not contain the answer, reply exactly: \"{no_answer}\""
+)
+SYSTEM_BASE = (
+    "You are ftatlas, an assistant for engineers who adapt large language models. Answer in {language}, "
+    "in one to three short sentences."
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a passage, Markdown noise removed. Example: '- **A** is x. B is y' -> ['A is x.', 'B is y']."""
+    text = re.sub(r"```.*?```", lambda m: m.group(0).replace("\n", " ; "), text, flags=re.S)
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*>]|\d+\.)\s+", "", line)
+        line = re.sub(r"[*_`#]+", "", line).strip()
+        if not line or set(line) <= set("|-: "):
+            continue
+        out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-ZА-ЯЁ0-9(\"«])", line) if len(s.strip()) > 2)
+    return out
+
+
+def format_passages(passages: list[Passage]) -> str:
+    """Example: one passage 'LoRA' / 'LoRA > Results' / 'x' -> '[1] LoRA — Results\\nx'."""
+    blocks = []
+    for i, p in enumerate(passages, 1):
+        tail = p.section.split(" > ")[-1] if p.section else ""
+        head = f"{p.title} — {tail}" if tail and tail != p.title else p.title
+        blocks.append(f"[{i}] {head}\n{p.text}")
+    return "\n\n".join(blocks)
+
+
+def build_messages(
+    question: str,
+    passages: list[Passage] | None,
+    language: str,
+    history: list[dict] | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    history_budget: int = 600,
+) -> list[dict]:
+    """Chat messages for the model. passages=None means closed-book (atlas-base).
+
+    The same function builds the fine-tuning examples, so the adapter learns exactly this format.
+    """
+    lang = LANGUAGE_NAMES.get(language, "English")
+    if passages is None:
+        system = SYSTEM_BASE.format(language=lang)
+        user = question
+    else:
+        system = SYSTEM_RAG.format(language=lang, no_answer=NO_ANSWER.get(language, NO_ANSWER["en"]))
+        user = f"Passages:\n\n{format_passages(passages)}\n\nQuestion: {question}"
+    messages = [{"role": "system", "content": system}]
+    messages += trim_history(history or [], count_tokens, history_budget)
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
+def trim_history(history: list[dict], count_tokens: Callable[[str], int] | None, budget: int) -> list[dict]:
+    """The most recent turns that fit in `budget` tokens, oldest dropped first, whole turns only."""
+    count = count_tokens or (lambda s: len(s) // 3 + 1)
+    kept, used = [], 0
+    for msg in reversed([m for m in history if m.get("role") in ("user", "assistant")]):
+        cost = count(msg["content"]) + 4
+        if used + cost > budget:
+            break
+        kept.insert(0, {"role": msg["role"], "content": msg["content"]})
+        used += cost
+    return kept

@@ -1,0 +1,221 @@
+"""The HTTP API, for real: routes, the sources contract, errors, keys, documents, streaming, the openai client."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import make_settings
+
+pytestmark = pytest.mark.timeout(300)
+
+SOURCE_KEYS = {"index", "doc_id", "title", "section", "source", "text", "score"}
+
+
+@pytest.fixture(scope="module")
+def client(corpus_index, rag, embedder):
+    from serve import create_app
+
+    with TestClient(create_app(corpus_index, rag=rag, start=False, embedder=embedder, ui=False)) as c:
+        yield c
+
+
+def ask(client, question, model="atlas-rag", **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 32, **extra}
+    return client.post("/v1/chat/completions", json=body)
+
+
+def test_health_is_503_until_ready(corpus_index):
+    from serve import create_app
+
+    with TestClient(create_app(corpus_index, start=False, ui=False)) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        assert c.get("/v1/models").status_code == 503
+
+
+def test_health_ok_and_models(client):
+    assert client.get("/health").json()["status"] == "ok"
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["atlas-rag", "atlas-base"]  # no adapter configured: no atlas-rag-lora
+
+
+def test_completion_carries_the_sources_contract(client):
+    r = ask(client, "How much GPU memory did QLoRA need to fine-tune a 65B model?")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    sources = body["sources"]
+    assert sources and all(set(s) == SOURCE_KEYS for s in sources)
+    assert [s["score"] for s in sources] == sorted((s["score"] for s in sources), reverse=True)
+    assert sorted(s["index"] for s in sources) == list(range(1, len(sources) + 1))
+    assert all(isinstance(s["section"], str) and s["text"] for s in sources)
+    assert any(s["doc_id"] == "qlora" for s in sources)
+    assert any("48" in s["text"] for s in sources), "the passage holding the 48 GB figure is among the sources"
+    answer = body["choices"][0]["message"]["content"]
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", answer)}
+    assert cited <= {s["index"] for s in sources}, "every [n] maps to a returned source"
+    assert body["grounding"]["mode"] in {"generated", "extractive", "refused"}
+    assert 0.0 <= body["grounding"]["supported"] <= 1.0
+
+
+def test_closed_book_has_no_sources(client):
+    r = ask(client, "What is LoRA?", model="atlas-base")
+    assert r.status_code == 200 and r.json()["sources"] == []
+
+
+def test_stream_sends_sources_first(client):
+    body = {"model": "atlas-rag", "stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": "What is BitFit?"}]}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    first = chunks[0]
+    assert first["object"] == "chat.completion.chunk" and first["choices"][0]["delta"] == {"role": "assistant"}
+    assert first["sources"] and set(first["sources"][0]) == SOURCE_KEYS
+    assert any(c["choices"][0]["delta"].get("content") for c in chunks[1:])
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_retrieve_without_llm_and_overrides(client):
+    r = client.post("/v1/retrieve", json={"query": "Which bias terms does BitFit train?", "top_k": 3})
+    chunks = r.json()["chunks"]
+    assert len(chunks) == 3 and chunks[0]["doc_id"] == "bitfit" and set(chunks[0]) == SOURCE_KEYS
+    only = client.post("/v1/retrieve", json={"query": "low-rank update", "top_k": 4, "retrieval": {"doc_ids": ["dora"]}})
+    assert {c["doc_id"] for c in only.json()["chunks"]} == {"dora"}
+    ru = client.post("/v1/retrieve", json={"query": "методы", "top_k": 3, "retrieval": {"language": "ru", "mode": "bm25"}})
+    assert {c["doc_id"] for c in ru.json()["chunks"]} == {"atlas"}
+    for mode in ("dense", "bm25", "hybrid"):
+        got = client.post("/v1/retrieve", json={"query": "QLoRA NF4", "retrieval": {"mode": mode}}).json()["chunks"]
+        assert got[0]["doc_id"] == "qlora", mode
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("{not json", "JSON"),
+        ({"model": "atlas-rag", "messages": []}, "messages"),
+        ({"model": "atlas-rag", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, "temperature"),
+        ({"model": "atlas-rag", "messages": [{"role": "wizard", "content": "x"}]}, "role"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+        ({"model": "atlas-rag", "messages": [{"role": "user", "content": "x"}], "retrieval": {"mode": "magic"}}, "mode"),
+    ],
+)
+def test_validation_errors_are_400_in_openai_shape(client, body, fragment):
+    if isinstance(body, str):
+        r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "code"} and fragment.lower() in err["message"].lower()
+
+
+def test_unknown_model_is_404(client):
+    r = ask(client, "What is LoRA?", model="gpt-9")
+    assert r.status_code == 404 and "gpt-9" in r.json()["error"]["message"]
+
+
+def test_input_over_the_context_is_400_with_the_limit(client):
+    r = ask(client, "LoRA " * 6000)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded" and "4096" in err["message"]
+
+
+def test_embeddings(client):
+    r = client.post("/v1/embeddings", json={"input": ["LoRA", "адаптеры"], "model": "x"})
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and len(data[0]["embedding"]) == 384
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+
+
+def test_api_keys(corpus_index, rag, embedder):
+    from serve import create_app
+
+    settings = corpus_index.model_copy(update={"serve": corpus_index.serve.model_copy(update={"api_keys": ["s3cret", "other"]})})
+    with TestClient(create_app(settings, rag=rag, start=False, ui=False)) as c:
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/v1/retrieve", json={"query": "x"}).status_code == 401
+        assert c.get("/health").status_code == 200  # health stays open for probes
+
+
+def test_engine_unreachable_is_503_naming_the_engine(corpus_index, embedder):
+    from serve import RagEngine, create_app
+    from serve.engines.openai import OpenAIEngine
+
+    from conftest import free_port
+
+    settings = corpus_index.model_copy(update={"llm": corpus_index.llm.model_copy(
+        update={"engine": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 3})})
+    dead = RagEngine(settings, engine=OpenAIEngine(settings), embedder=embedder)
+    with TestClient(create_app(settings, rag=dead, start=False, ui=False)) as c:
+        r = ask(c, "What is LoRA and how does it work?")
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "engine_unavailable" and "openai engine" in r.json()["error"]["message"]
+
+
+def test_concurrent_requests_queue_safely(client):
+    questions = ["What is LoRA?", "What is DPO?", "Что такое BitFit?", "What does RAFT add to RAG?"]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda q: ask(client, q, max_tokens=12), questions))
+    assert [r.status_code for r in results] == [200] * 4
+    assert all(r.json()["choices"][0]["message"]["content"] for r in results)
+
+
+def test_follow_up_uses_the_history(client):
+    messages = [
+        {"role": "user", "content": "What is QLoRA?"},
+        {"role": "assistant", "content": "QLoRA fine-tunes LoRA adapters over a frozen 4-bit base model [1]."},
+        {"role": "user", "content": "And how much memory does it save?"},
+    ]
+    r = client.post("/v1/chat/completions", json={"model": "atlas-rag", "messages": messages, "max_tokens": 24})
+    assert r.status_code == 200
+    assert r.json()["sources"][0]["doc_id"] == "qlora"
+
+
+def test_documents_upload_list_delete(tmp_path, embedder):
+    from serve import RagEngine, create_app
+
+    settings = make_settings(tmp_path / "data")
+    with TestClient(create_app(settings, rag=RagEngine(settings, embedder=embedder), start=False, ui=False)) as c:
+        note = b"# Team notes\n\nOur house rule: the zebra adapter uses rank 12 for every task.\n"
+        r = c.post("/v1/documents", files={"file": ("notes.md", note, "text/markdown")})
+        assert r.status_code == 200 and len(r.json()["added"]) == 1
+        doc_id = r.json()["added"][0]
+        assert doc_id in [d["id"] for d in c.get("/v1/documents").json()["data"]]
+        hits = c.post("/v1/retrieve", json={"query": "zebra adapter rank"}).json()["chunks"]
+        assert hits[0]["doc_id"] == doc_id and "rank 12" in hits[0]["text"]
+        bad = c.post("/v1/documents", files={"file": ("broken.pdf", b"%PDF-1.4 not really", "application/pdf")})
+        assert bad.status_code == 400 and "broken.pdf" in bad.json()["error"]["message"]
+        assert c.delete(f"/v1/documents/{doc_id}").status_code == 200
+        assert c.post("/v1/retrieve", json={"query": "zebra adapter rank"}).json()["chunks"] == []
+        assert c.delete("/v1/documents/nope").status_code == 404
+
+
+def test_official_openai_client_works_unchanged(live_server):
+    import openai
+
+    client = openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
+    assert "atlas-rag" in [m.id for m in client.models.list().data]
+    out = client.chat.completions.create(model="atlas-rag", max_tokens=24,
+                                         messages=[{"role": "user", "content": "What does DPO optimise directly?"}])
+    assert out.choices[0].message.content
+    assert out.model_extra["sources"][0]["doc_id"] == "dpo"
+    stream = client.chat.completions.create(model="atlas-rag", max_tokens=16, stream=True,
+                                            messages=[{"role": "user", "content": "What is prefix-tuning?"}])
+    chunks = list(stream)
+    assert chunks[0].model_extra["sources"] and chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    emb = client.embeddings.create(model="x", input="LoRA")
+    assert len(emb.data[0].embedding) == 384
+    assert httpx.get(live_server.url + "/health").json()["status"] == "ok"
