@@ -1,0 +1,60 @@
+"""The Gradio UI in a real headless Chromium: ask, watch the streamed answer, check the source panel."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def page(live_server):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is installed by `make install`"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                  "--no-first-run", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(live_server.url + "/", wait_until="networkidle", timeout=90_000)
+        yield page
+        browser.close()
+
+
+def test_chat_streams_an_answer_with_its_sources(page):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#question textarea").fill("How much GPU memory did QLoRA need to fine-tune a 65B model?")
+    page.locator("#ask").click()
+    panel = page.locator("#sources")
+    panel.locator(".source").first.wait_for(timeout=120_000)
+    bot = page.locator("#chat .message.bot, #chat [data-testid='bot']").last
+    bot.wait_for(timeout=120_000)
+    page.wait_for_function(
+        "() => { const m = document.querySelectorAll('#chat [data-testid=\"bot\"], #chat .message.bot');"
+        " return m.length && m[m.length - 1].innerText.trim().length > 10; }",
+        timeout=120_000,
+    )
+    page.wait_for_timeout(1500)
+    text = panel.inner_text()
+    assert "QLoRA" in text and "48" in text, "the source panel shows the passage that holds the 48 GB figure"
+    assert "[1]" in text
+    page.screenshot(path=str(ARTIFACTS / "ui-chat.png"), full_page=True)
+
+
+def test_documents_and_atlas_tabs(page):
+    page.get_by_role("tab", name="Documents").click()
+    page.locator("#documents").get_by_text("qlora", exact=True).first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Atlas").click()
+    page.locator("#atlas svg, #atlas .mermaid").first.wait_for(timeout=30_000)  # the Mermaid diagrams render
+    page.screenshot(path=str(ARTIFACTS / "ui-atlas.png"), full_page=True)
