@@ -8,7 +8,7 @@ export ANONYMIZED_TELEMETRY := False
 export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test finetune eval bench clean
+.PHONY: install serve test finetune clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ serve: install
 test: install
 	# pytest exits 5 when it collects nothing: that is a failure here too.
 	$(VENV)/bin/pytest -m "not gpu"
+	# The retrieval gate: needs no LLM; fails when retrieval regresses below evals/thresholds.json.
+	$(VENV)/bin/ftatlas --profile test ingest --quiet
+	$(VENV)/bin/ftatlas --profile test eval --gate --quiet
 
 
 finetune: install

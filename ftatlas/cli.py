@@ -26,7 +26,9 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         from ingest.errors import IngestError
 
-        errors: tuple = (IngestError, SettingsError)
+        from evals.errors import EvalError
+
+        errors: tuple = (IngestError, SettingsError, EvalError)
         try:
             from serve.errors import ServeError
 
@@ -122,6 +124,27 @@ def corpus_fetch(settings: Settings) -> None:
     click.echo(report.text())
 
 
+@cli.command(name="eval")
+@click.option("--endpoint", default=None, help="Evaluate an OpenAI-compatible server (http://host:port or …/v1) instead of the in-process engine.")
+@click.option("--api-key", default=None, help="Bearer key for --endpoint.")
+@click.option("--configs", default=None, help="Comma-separated: atlas-base, atlas-rag-dense, atlas-rag-bm25, atlas-rag, atlas-rag-rerank, atlas-rag-lora, llamaindex-stock (default: all available).")
+@click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge: adds faithfulness and answer correctness.")
+@click.option("--judge-model", default=None, help="Judge model id (default: the first the judge endpoint lists).")
+@click.option("--judge-api-key", default=None, help="Bearer key for --judge-endpoint.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions (reports/latest is left alone).")
+@click.option("--retrieval-only", is_flag=True, help="Retrieval metrics only: no LLM.")
+@click.option("--gate", is_flag=True, help="CI gate: retrieval vs evals/thresholds.json; exit 1 on a regression.")
+@click.option("--write-thresholds", is_flag=True, help="Measure the configured retrieval and write evals/thresholds.json (measured - 0.02).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@pass_settings
+@friendly
+def eval_(settings: Settings, **options) -> None:
+    """Score the gold questions per configuration into reports/<run-id>/ (JSON, Markdown, PNG charts)."""
+    import evals
+
+    sys.exit(evals.cli_main(settings, echo=click.echo, **options))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks: print figures (never part of `make test`)."""
@@ -136,6 +159,20 @@ def bench_ingest(settings: Settings, scale: int) -> None:
     from ingest.bench import run_bench
 
     click.echo(run_bench(settings, scale))
+
+
+@bench.command("serve")
+@click.option("--url", default=None, help="A running server; default: start one in-process (also measures llama.cpp direct).")
+@click.option("--seconds", default=60.0, show_default=True, help="Duration of the concurrent-clients phase.")
+@click.option("--clients", default=8, show_default=True, help="Concurrent streaming clients.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench-serve.json"), show_default=True)
+@pass_settings
+@friendly
+def bench_serve(settings: Settings, url, seconds, clients, out) -> None:
+    """Retrieval p50/p95, TTFT and tokens/s through the API vs llama.cpp direct, RSS, N concurrent streams."""
+    from serve.bench import run_bench
+
+    click.echo(run_bench(settings, url, seconds, clients, settings.path(out)))
 
 
 def _llm_overrides(settings: Settings, engine: str | None, model: str | None, base_url: str | None) -> Settings:

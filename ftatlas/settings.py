@@ -56,11 +56,11 @@ class LLMSettings(BaseModel):
     vllm_max_model_len: int = Field(8192, description="vLLM --max-model-len.")
     vllm_gpu_memory_utilization: float = Field(0.85, description="vLLM --gpu-memory-utilization.")
     vllm_startup_timeout_s: float = Field(600.0, description="How long to wait for vllm's /health.")
-    grounding_overlap: float = Field(0.5, description="Min share of a sentence's content tokens found in one cited passage sentence.")
-    grounding_similarity: float = Field(0.6, description="Min embedding cosine between a sentence and a passage sentence.")
+    grounding_overlap: float = Field(0.6, description="Min share of a sentence's content tokens found in one cited passage sentence.")
+    grounding_similarity: float = Field(0.5, description="Min embedding cosine between a sentence and that passage sentence (both must hold).")
     generate_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages the model writes itself; others are answered by quoting passages.")
     refuse_below: float = Field(0.35, description="Decline when no passage sentence reaches this relevance to the question.")
-    extractive_sentences: int = Field(2, description="Passage sentences quoted by an extractive answer.")
+    extractive_sentences: int = Field(3, description="Passage sentences quoted by an extractive answer.")
     grounding_min_supported: float = Field(0.5, description="Below this share of supported sentences the answer turns extractive.")
 
 

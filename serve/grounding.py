@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from .prompt import split_sentences
 from .retrieval import Passage
 
 _CITE = re.compile(r"\[(\d+)\]")
+MIN_SHARED_TOKENS = 3  # a sentence must state something a passage states, not just echo one word
 _META = re.compile(r"^(Authors:|Термины:|Method:|Метод:)")  # card headers: true, but never an answer
 
 
@@ -42,11 +44,21 @@ class Grounder:
         vecs = embedder.encode([search_query or question] + texts) if texts else embedder.encode([search_query or question])
         self.qvec, svecs = vecs[0], vecs[1:]
         self.qtokens = set(tokenize(search_query or question))
+        self.question_tokens = set(tokenize(question))
         self.sentences = [Sentence(n, t, v, set(tokenize(t))) for n, t, v in zip(owners, texts, svecs)]
+        df: dict[str, int] = {}
+        for s in self.sentences:
+            for t in s.tokens:
+                df[t] = df.get(t, 0) + 1
+        n = len(self.sentences) + 1
+        self.idf = {t: math.log(1 + n / df.get(t, 0.5)) for t in self.qtokens}
 
     def relevance(self, s: Sentence) -> float:
-        """How well a passage sentence answers the question: cosine plus keyword overlap."""
-        return float(s.vec @ self.qvec) + 0.5 * overlap(self.qtokens, s.tokens)
+        """How well a passage sentence answers the question: cosine plus idf-weighted keyword overlap,
+        with a small prior for passages the retriever ranked higher."""
+        total = sum(self.idf.values()) or 1.0
+        keyword = sum(w for t, w in self.idf.items() if t in s.tokens) / total
+        return float(s.vec @ self.qvec) + 0.7 * keyword + 0.05 / s.n
 
     def best_relevance(self) -> float:
         return max((self.relevance(s) for s in self.sentences), default=0.0)
@@ -79,9 +91,11 @@ class Grounder:
         # A figure the passage does not state is a hallucination, however similar the rest reads.
         numbers = {t for t in toks if t[0].isdigit()}
         passage_numbers = {t for s in pool if s.n == best.n for t in s.tokens if t[0].isdigit()}
-        if numbers - passage_numbers:
+        # It must state something the passage states beyond the question's own words (an echo says nothing).
+        novel = (toks - self.question_tokens) & best.tokens
+        if numbers - passage_numbers or len(toks & best.tokens) < MIN_SHARED_TOKENS or len(novel) < 2:
             return False, best.n, 0.0
-        return (ov >= min_overlap or sim >= min_similarity), best.n, max(ov, sim)
+        return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
 
     def extractive(self, k: int = 2) -> str:
         """Quote the k passage sentences that best answer the question, each with its [n]."""

@@ -198,7 +198,7 @@ class RagEngine:
         share = len(kept) / total if total else 0.0
         if not emitted and said_no:
             prep.timings["grounding"] = {"mode": "refused", "supported": 0.0}
-            yield NO_ANSWER["en"]
+            yield NO_ANSWER.get(prep.language, NO_ANSWER["en"])
         elif not emitted or share < llm.grounding_min_supported:
             prep.timings["grounding"] = {"mode": "extractive", "supported": round(share, 3)}
             yield (" " if emitted else "") + prep.grounder.extractive(llm.extractive_sentences)
