@@ -27,8 +27,9 @@ def friendly(fn):
         from ingest.errors import IngestError
 
         from evals.errors import EvalError
+        from finetune.errors import FinetuneError
 
-        errors: tuple = (IngestError, SettingsError, EvalError)
+        errors: tuple = (IngestError, SettingsError, EvalError, FinetuneError)
         try:
             from serve.errors import ServeError
 
@@ -143,6 +144,64 @@ def eval_(settings: Settings, **options) -> None:
     import evals
 
     sys.exit(evals.cli_main(settings, echo=click.echo, **options))
+
+
+@cli.group()
+def finetune() -> None:
+    """Build RAFT training data, train a LoRA adapter, convert it for llama.cpp."""
+
+
+@finetune.command("data")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None, help="Output folder (default: <data_dir>/finetune).")
+@click.option("--generator-endpoint", default=None, help="OpenAI-compatible base URL (…/v1) of a model that writes extra questions from the indexed chunks.")
+@click.option("--generator-model", default=None, help="Model name at the endpoint (default: the first it lists).")
+@click.option("--generator-api-key", default="not-needed", show_default=True)
+@click.option("--generator-per-chunk", default=2, show_default=True, type=click.IntRange(1, 10))
+@click.option("--generator-max-chunks", default=None, type=click.IntRange(1), help="Sample at most this many chunks.")
+@click.option("--generator-timeout", default=60.0, show_default=True, type=float, help="Seconds per generator call.")
+@click.option("--quiet", is_flag=True)
+@pass_settings
+@friendly
+def finetune_data(settings: Settings, out, generator_endpoint, generator_model, generator_api_key, generator_per_chunk,
+                  generator_max_chunks, generator_timeout, quiet) -> None:
+    """Write train/validation JSONL (RAFT: oracle + retrieved distractors, P without oracle) and a data card."""
+    from finetune import GeneratorOptions, build_data
+
+    gen = GeneratorOptions(generator_endpoint, generator_model, generator_api_key, generator_per_chunk,
+                           generator_max_chunks, generator_timeout) if generator_endpoint else None
+    click.echo(build_data(settings, out, generator=gen, progress=not quiet).text())
+
+
+@finetune.command("train")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None, help="Folder from `finetune data`.")
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None, help="Stop cleanly after this much training; the adapter is still saved.")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Optimizer steps (default: finetune.max_steps).")
+@click.option("--run-id", default=None, help="runs/<run-id>/ (default: a timestamp).")
+@click.option("--resume", is_flag=True, help="Continue the last checkpoint of --run-id, or of the latest run.")
+@click.option("--base", "base_model", default=None, help="HF folder or id (default: finetune.base_model).")
+@click.option("--quiet", is_flag=True)
+@pass_settings
+@friendly
+def finetune_train(settings: Settings, data, max_minutes, max_steps, run_id, resume, base_model, quiet) -> None:
+    """Train a LoRA adapter with TRL's SFTTrainer; writes runs/<run-id>/adapter/ (peft + lora.gguf)."""
+    from finetune import train
+
+    click.echo(train(settings, data, run_id=run_id, max_minutes=max_minutes, max_steps=max_steps, resume=resume,
+                     base_model=base_model, progress=not quiet, echo=click.echo).text())
+
+
+@finetune.command("gguf")
+@click.argument("adapter", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--base-gguf", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: the bundled SmolLM2 GGUF.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: ADAPTER/lora.gguf.")
+@pass_settings
+@friendly
+def finetune_gguf(settings: Settings, adapter, base_gguf, out) -> None:
+    """Convert a peft LoRA adapter folder into a llama.cpp GGUF LoRA."""
+    from finetune import convert_to_gguf
+    from finetune.base import bundled_gguf
+
+    click.echo(convert_to_gguf(adapter, base_gguf or bundled_gguf(), out))
 
 
 @cli.group()

@@ -219,3 +219,21 @@ def test_official_openai_client_works_unchanged(live_server):
     emb = client.embeddings.create(model="x", input="LoRA")
     assert len(emb.data[0].embedding) == 384
     assert httpx.get(live_server.url + "/health").json()["status"] == "ok"
+
+
+def test_a_broken_adapter_is_refused_and_the_other_modes_still_serve(corpus_index, rag, tmp_path):
+    from serve import RagEngine, create_app
+
+    broken = tmp_path / "adapter"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (broken / "adapter_model.bin").write_bytes(b"pickle, not safetensors")
+    settings = corpus_index.model_copy(update={"llm": corpus_index.llm.model_copy(update={"adapter": broken})})
+    engine = RagEngine(settings, engine=rag.engine(), retriever=rag.retriever)
+    engine.load_adapter()
+    assert engine.adapter_error and str(broken) in engine.adapter_error
+    with TestClient(create_app(settings, rag=engine, start=False, ui=False)) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["atlas-rag", "atlas-base"]
+        r = ask(c, "What is LoRA?", model="atlas-rag-lora")
+        assert r.status_code == 404 and "refused" in r.json()["error"]["message"]
+        assert ask(c, "What is LoRA?").status_code == 200

@@ -20,9 +20,11 @@ class LlamaCppEngine:
         self.model_path = bundled_gguf() if llm.model == "bundled" else Path(settings.path(llm.model))
         lora = None
         if adapter:
-            from finetune import gguf_adapter_for
+            from finetune import gguf_adapter, validate_adapter
 
-            lora = str(gguf_adapter_for(settings, llm.adapter, self.model_path))
+            path = settings.path(llm.adapter)
+            validate_adapter(path, self.model_path)  # AdapterError: missing files, wrong base, not safetensors
+            lora = str(gguf_adapter(path, self.model_path))
         try:
             self.llm = Llama(
                 model_path=str(self.model_path), n_ctx=llm.n_ctx, n_threads=llm.n_threads, lora_path=lora,

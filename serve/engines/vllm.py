@@ -101,6 +101,10 @@ class VLLMEngine(OpenAIEngine):
     name = "vllm"
 
     def __init__(self, settings, adapter: bool = False):
+        if adapter:
+            from finetune import validate_adapter
+
+            validate_adapter(settings.path(settings.llm.adapter), settings.llm.model)
         launcher = _launchers.get(settings.llm.vllm_port)
         if launcher is None:
             launcher = _launchers[settings.llm.vllm_port] = VLLMLauncher(settings)

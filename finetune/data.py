@@ -1,0 +1,163 @@
+"""Training data: questions -> deduplicated, eval-disjoint RAFT examples -> train/validation JSONL and a data card."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .base import file_sha256, load_tokenizer
+from .errors import FinetuneError
+from .generate import GeneratorOptions, generate_questions
+from .overlap import EvalGuard, dedupe
+from .questions import Question, load_questions
+from .raft import RaftBuilder
+
+TRAIN, VALIDATION, CARD = "train.jsonl", "validation.jsonl", "data_card.json"
+
+
+@dataclass
+class DataCard:
+    folder: str
+    train: int
+    validation: int
+    kinds: dict[str, int]
+    languages: dict[str, int]
+    sources: dict[str, int]
+    oracle_drop_fraction: float
+    distractors: int
+    max_seq_len: int
+    seed: int
+    tokenizer: str
+    dropped: dict[str, int] = field(default_factory=dict)
+    dropped_eval_ids: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    data_hash: str = ""
+
+    def text(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
+        return (f"examples: {self.train} train, {self.validation} validation ({kinds}); languages {self.languages}\n"
+                f"dropped: {dropped}; P = {self.oracle_drop_fraction}; data hash {self.data_hash[:12]}\n"
+                f"written to {self.folder}")
+
+
+def default_folder(settings) -> Path:
+    return settings.data_dir / "finetune"
+
+
+def data_hash(folder: Path) -> str:
+    """The digest a run records: train.jsonl then validation.jsonl."""
+    return file_sha256([Path(folder) / TRAIN, Path(folder) / VALIDATION])
+
+
+def read_split(folder: Path, name: str = TRAIN) -> list[dict]:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FinetuneError(f"no training data at {path}: run `ftatlas finetune data` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class _MemoEmbedder:
+    """The real embedder, remembering single-query vectors: each question is retrieved twice (oracle, distractors)."""
+
+    def __init__(self, inner):
+        self.inner, self.memo = inner, {}
+
+    def encode(self, texts, show_progress: bool = False):
+        if len(texts) != 1:
+            return self.inner.encode(texts, show_progress)
+        if texts[0] not in self.memo:
+            self.memo[texts[0]] = self.inner.encode(texts)
+        return self.memo[texts[0]]
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def build_data(settings, out: Path | None = None, *, questions: list[Question] | None = None,
+               generator: GeneratorOptions | None = None, tokenizer=None, embedder=None, progress: bool = True) -> DataCard:
+    """Write train.jsonl, validation.jsonl and data_card.json under `out` (default data_dir/finetune)."""
+    from serve.retrieval import Retriever
+
+    ft = settings.finetune
+    out = Path(out) if out else default_folder(settings)
+    qs = list(questions) if questions is not None else load_questions(settings.path(ft.train_questions))
+    eval_file = settings.path(settings.evals.questions)
+    if not eval_file.is_file():
+        raise FinetuneError(f"eval questions {eval_file} not found: training data must be checked against them")
+    guard = EvalGuard.from_file(eval_file)
+    if embedder is None:
+        from ingest.embedder import Embedder
+
+        embedder = Embedder(settings.ingest.embed_model, settings.ingest.device, settings.ingest.embed_batch_size)
+    retriever = Retriever(settings, _MemoEmbedder(embedder))
+    if retriever.chunk_count() == 0:
+        raise FinetuneError("the index is empty: run `ftatlas ingest` before `ftatlas finetune data`")
+    if generator is not None:
+        qs += generate_questions(settings, generator)
+
+    dropped: Counter = Counter()
+    kept = [qs[i] for i in dedupe([q.question for q in qs])]
+    dropped["duplicate"] = len(qs) - len(kept)
+    clean, eval_ids = [], []
+    for q in kept:
+        hit = guard.match(q.question)
+        if hit:
+            eval_ids.append(hit)
+            dropped["eval overlap"] += 1
+        else:
+            clean.append(q)
+
+    rng = random.Random(ft.seed)
+    answerable = sorted(q.id for q in clean if q.answerable)
+    no_oracle = set(rng.sample(answerable, round(ft.oracle_drop_fraction * len(answerable))))
+    tok = tokenizer or load_tokenizer(settings)
+
+    def count_tokens(messages: list[dict]) -> int:
+        return len(tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"])
+
+    builder = RaftBuilder(retriever, count_tokens, distractors=ft.distractors, max_seq_len=ft.max_seq_len,
+                          seed=ft.seed, mode=settings.retrieval.mode)
+    examples = []
+    for q in _progress(clean, progress):
+        ex, why = builder.build(q, q.id in no_oracle)
+        if ex is None:
+            dropped[why] += 1
+        else:
+            examples.append(ex)
+    leaked = [ex.id for ex in examples if guard.match(ex.question)]
+    if leaked:  # cannot happen after the filter above; refuse rather than write a leaking set
+        raise FinetuneError(f"examples {leaked} duplicate eval questions")
+
+    examples.sort(key=lambda ex: ex.id)
+    random.Random(ft.seed + 1).shuffle(examples)
+    n_val = round(ft.validation_fraction * len(examples))
+    n_val = max(n_val, 1) if ft.validation_fraction > 0 and len(examples) > 1 else n_val
+    splits = {VALIDATION: examples[:n_val], TRAIN: examples[n_val:]}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in splits.items():
+        with open(out / name, "w", encoding="utf-8") as f:
+            for ex in rows:
+                f.write(json.dumps(ex.row(), ensure_ascii=False) + "\n")
+    card = DataCard(
+        folder=str(out), train=len(splits[TRAIN]), validation=len(splits[VALIDATION]),
+        kinds=dict(Counter(ex.kind for ex in examples)), languages=dict(Counter(ex.language for ex in examples)),
+        sources=dict(Counter(ex.source.split(":")[0] for ex in examples)), oracle_drop_fraction=ft.oracle_drop_fraction,
+        distractors=ft.distractors, max_seq_len=ft.max_seq_len, seed=ft.seed,
+        tokenizer=getattr(tok, "name_or_path", "") or type(tok).__name__,
+        dropped={k: v for k, v in dropped.items() if v}, dropped_eval_ids=sorted(set(eval_ids)),
+        files={name: file_sha256([out / name]) for name in (TRAIN, VALIDATION)}, data_hash=data_hash(out),
+    )
+    (out / CARD).write_text(json.dumps(asdict(card), indent=2, ensure_ascii=False), encoding="utf-8")
+    return card
+
+
+def _progress(items: list, on: bool):
+    if not on:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="building examples", unit="q")

@@ -1,0 +1,471 @@
+"""Fine-tuning room: RAFT data from the real index and retriever, real LoRA training on a tiny Llama built from a
+config, the real bundled GGUF for the llama.cpp adapter, and adapter refusals. Nothing here is mocked except the
+remote question generator's HTTP transport (no model endpoint can run here)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from finetune import (AdapterError, FinetuneError, GeneratorOptions, build_data, convert_to_gguf, gguf_adapter, train,
+                      validate_adapter)
+from finetune.base import BUNDLED_ID, bundled_gguf, resolve_base
+from finetune.data import CARD, TRAIN, VALIDATION, data_hash, read_split
+from finetune.generate import generate_questions, parse_pairs
+from finetune.gguf_lora import permute
+from finetune.overlap import EvalGuard, dedupe, jaccard, normalise, tokens
+from finetune.questions import Question, load_questions
+from finetune.raft import EXTRA_CANDIDATES, answer_overlap, cite
+from finetune.train import make_trainer
+from ftatlas.settings import load_settings
+from serve.prompt import NO_ANSWER, build_messages
+from serve.retrieval import Passage, RetrievalOptions, Retriever
+
+from conftest import REPO
+
+P = 0.2
+LEAK_EXACT = "which PARAMETERS does BitFit update during fine-tuning -- and what stays frozen"  # eval q001, re-cased
+LEAK_NEAR = "Which parameters does BitFit update during fine-tuning, and which weights stay frozen?"  # Jaccard 0.71
+LEAK_GENERATED = "Which parameters get updated by BitFit during fine-tuning, and what stays frozen?"  # Jaccard 0.67
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def with_finetune(settings, **over):
+    """A copy of `settings` with finetune fields replaced (the shared corpus settings stay untouched)."""
+    return settings.model_copy(update={"finetune": settings.finetune.model_copy(update=over)})
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    gguf = bundled_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def generator_transport(request: httpx.Request) -> httpx.Response:
+    """The remote OpenAI-compatible generator: lists one model and answers with two question/answer pairs."""
+    if request.url.path.endswith("/models"):
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "gen-model", "object": "model", "created": 0,
+                                                                      "owned_by": "test"}]})
+    prompt = json.loads(request.content)["messages"][0]["content"]
+    topic = prompt.split("Passage (", 1)[1].split(" — ", 1)[0]
+    pairs = [{"question": f"What does the passage titled {topic} say first?", "answer": "It states its main claim."},
+             {"question": LEAK_GENERATED, "answer": "Only the biases."}]
+    content = "Here you go:\n" + json.dumps(pairs)
+    return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": "gen-model",
+                                     "choices": [{"index": 0, "finish_reason": "stop",
+                                                  "message": {"role": "assistant", "content": content}}]})
+
+
+def curated_subset() -> list[Question]:
+    """Answerable questions spread over the documents, the unanswerable ones, and three that must be dropped."""
+    qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
+    answerable = [q for q in qs if q.answerable][::8]
+    unanswerable = [q for q in qs if not q.answerable][::4]
+    leaks = [Question("leak-exact", LEAK_EXACT, "Biases.", "en", ["bitfit"]),
+             Question("leak-near", LEAK_NEAR, "Biases.", "en", ["bitfit"])]
+    dup = Question("dup", answerable[0].question.upper() + "  ", answerable[0].answer, answerable[0].language,
+                   answerable[0].doc_ids)
+    return answerable + unanswerable + leaks + [dup]
+
+
+@pytest.fixture(scope="module")
+def ft_settings(corpus_index, tmp_path_factory):
+    return with_finetune(corpus_index, oracle_drop_fraction=P, distractors=3, max_seq_len=768, validation_fraction=0.1,
+                         runs_dir=tmp_path_factory.mktemp("runs"), batch_size=2, lora_r=4, lora_alpha=8)
+
+
+@pytest.fixture(scope="module")
+def built(ft_settings, smol_tokenizer, embedder, tmp_path_factory):
+    """The builder run once on the real index: (folder, card, examples)."""
+    out = tmp_path_factory.mktemp("ft-data")
+    gen = GeneratorOptions("http://generator.test/v1", max_chunks=2, http_client=httpx.Client(
+        transport=httpx.MockTransport(generator_transport)))
+    card = build_data(ft_settings, out, questions=curated_subset(), generator=gen, tokenizer=smol_tokenizer,
+                      embedder=embedder, progress=False)
+    rows = read_split(out, TRAIN) + read_split(out, VALIDATION)
+    return out, card, rows
+
+
+@pytest.fixture(scope="module")
+def retriever(ft_settings, embedder):
+    return Retriever(ft_settings, embedder)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(smol_tokenizer, tmp_path_factory):
+    """A 2-layer, hidden-32 Llama with the SmolLM2 vocabulary, built from a config and saved as an HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smol_tokenizer
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(ft_settings, tiny_base):
+    return with_finetune(ft_settings, base_model=str(tiny_base), max_steps=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_trainer(tiny_settings, built, tmp_path_factory):
+    return make_trainer(tiny_settings, built[0], tmp_path_factory.mktemp("tiny-out"), resolve_base(tiny_settings),
+                        progress=False)
+
+
+def random_adapter(model, folder: Path, seed: int = 0):
+    """A LoRA with random, non-zero A and B (peft's init_lora_weights=False) saved in the peft layout: (folder, model)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                                  init_lora_weights=False))
+    peft_model.peft_config["default"].base_model_name_or_path = BUNDLED_ID
+    peft_model.save_pretrained(folder, save_embedding_layers=False)
+    return folder, peft_model
+
+
+@pytest.fixture(scope="module")
+def smol_shaped_adapter(tmp_path_factory):
+    """A random LoRA for a 2-layer model with SmolLM2-135M's dimensions (q 576->576, k/v 576->192)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # the vocabulary is not part of the adapter, so a tiny one keeps this model small
+    config = LlamaConfig(vocab_size=16, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return random_adapter(LlamaForCausalLM(config), tmp_path_factory.mktemp("smol-adapter"))[0]
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_overlap_helpers_catch_rewordings_but_not_other_questions():
+    assert normalise("  What is  LoRA? ") == "what is lora"
+    assert tokens("Ёлка LoRA") == {"елка", "lora"}
+    assert jaccard(frozenset("ab"), frozenset("bc")) == pytest.approx(1 / 3)
+    assert dedupe(["What is LoRA?", "what is lora", "Why LoRA?"]) == [0, 2]
+    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl")
+    assert guard.match(LEAK_EXACT) == "q001"
+    assert guard.match(LEAK_NEAR) == "q001"
+    assert guard.match("How large is the rank of the LoRA update in the original paper?") is None
+
+
+def test_answer_overlap_and_citation_helpers():
+    assert answer_overlap("bias terms only", "Only the bias terms train") == 1.0
+    assert answer_overlap("DoRA splits weights", "Nothing related here") == 0.0
+    assert cite("BitFit trains biases.", 2) == "BitFit trains biases [2]."
+    assert cite("Величину и направление", 3) == "Величину и направление [3]"
+
+
+def test_permute_matches_llama_cpp_rope_row_order():
+    rows = np.arange(8, dtype=np.float32).reshape(8, 1)
+    # two heads of head_dim 4: each head's rotate-half pairs (0,2), (1,3) become adjacent
+    assert permute(rows, 2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+# ---------------------------------------------------------------- training data
+
+
+def test_curated_training_questions_are_disjoint_from_evals():
+    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl")
+    leaks = {q.id: guard.match(q.question) for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl")}
+    assert {k: v for k, v in leaks.items() if v} == {}
+
+
+def test_builder_drops_eval_leaks_and_duplicates(built):
+    out, card, rows = built
+    assert card.dropped["eval overlap"] == 3  # two curated leaks and one generated
+    assert card.dropped_eval_ids == ["q001"]
+    assert card.dropped["duplicate"] >= 1
+    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl")
+    assert [r["meta"]["question"] for r in rows if guard.match(r["meta"]["question"])] == []
+    ids = [r["meta"]["id"] for r in rows]
+    assert len(ids) == len(set(ids)) and "leak-exact" not in ids and "leak-near" not in ids and "dup" not in ids
+    train_ids = {r["meta"]["id"] for r in read_split(out, TRAIN)}
+    assert train_ids.isdisjoint(r["meta"]["id"] for r in read_split(out, VALIDATION))
+
+
+def test_generated_questions_join_the_data_with_their_chunk_as_oracle_doc(built):
+    _, card, rows = built
+    gen = [r for r in rows if r["meta"]["source"].startswith("generated")]
+    assert card.sources.get("generated") == len(gen) >= 1
+    for r in gen:
+        assert r["meta"]["source"] == "generated:gen-model" and len(r["meta"]["doc_ids"]) == 1
+
+
+def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(built, ft_settings):
+    from ingest.store import open_collection
+
+    _, _, rows = built
+    got = open_collection(ft_settings).get(include=["documents", "metadatas"])
+    chunks = {cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])}
+    for r in rows:
+        m = r["meta"]
+        passages = [Passage(p["id"], p["doc_id"], chunks[p["id"]][1]["title"], chunks[p["id"]][1].get("section") or "",
+                            "", chunks[p["id"]][0], 0.0) for p in m["passages"]]
+        assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"])
+        assert [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
+        target = r["messages"][-1]["content"]
+        if m["kind"] == "oracle":
+            n = m["oracle"]
+            assert passages[n - 1].doc_id in m["doc_ids"]
+            assert f" [{n}]" in target
+        else:
+            assert m["oracle"] is None and target == NO_ANSWER[m["language"]]
+            assert all(p.doc_id not in m["doc_ids"] for p in passages)
+
+
+def test_distractors_are_the_retrievers_top_hits_from_other_documents(built, retriever, ft_settings):
+    _, _, rows = built
+    k = ft_settings.finetune.distractors + 1 + EXTRA_CANDIDATES
+    assert sum(len(r["meta"]["passages"]) > 1 for r in rows) > len(rows) / 2
+    for r in rows:
+        m = r["meta"]
+        hits = retriever.retrieve(m["question"], RetrievalOptions(mode=ft_settings.retrieval.mode, top_k=k))
+        ranked = [h.id for h in hits if h.doc_id not in m["doc_ids"]]
+        distractors = [p for i, p in enumerate(m["passages"], 1) if i != m["oracle"]]
+        assert all(p["doc_id"] not in m["doc_ids"] for p in distractors)
+        assert distractors or m["kind"] == "oracle"  # only an oracle can be left alone when the budget is tight
+        # the ones kept are the best-ranked other-document hits (lower-ranked ones are dropped first for length)
+        assert sorted(ranked.index(p["id"]) for p in distractors) == list(range(len(distractors)))
+
+
+def test_oracle_is_left_out_for_about_P_of_answerable_questions_at_shuffled_positions(built):
+    _, card, rows = built
+    answerable = [r for r in rows if r["meta"]["kind"] in ("oracle", "no-oracle")]
+    share = sum(r["meta"]["kind"] == "no-oracle" for r in answerable) / len(answerable)
+    assert abs(share - P) <= 0.1
+    assert card.kinds["unanswerable"] >= 1 and card.oracle_drop_fraction == P
+    assert len({r["meta"]["oracle"] for r in answerable if r["meta"]["oracle"]}) > 1
+
+
+def test_no_example_exceeds_max_seq_len_and_the_card_hashes_the_files(built, smol_tokenizer, ft_settings):
+    out, card, rows = built
+    limit = ft_settings.finetune.max_seq_len
+    for r in rows:
+        text = smol_tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        assert len(smol_tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit
+        assert text.rstrip().endswith(r["messages"][-1]["content"] + "<|im_end|>")
+    saved = json.loads((out / CARD).read_text())
+    assert saved["data_hash"] == data_hash(out) and saved["train"] + saved["validation"] == len(rows)
+    assert set(saved["languages"]) == {"en", "ru"} and saved["validation"] >= 1
+
+
+def test_a_short_budget_drops_distractors_first_and_keeps_the_oracle(ft_settings, smol_tokenizer, embedder, tmp_path):
+    qs = [q for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl") if q.answerable and q.language == "en"][:6]
+    settings = with_finetune(ft_settings, max_seq_len=420, oracle_drop_fraction=0.0)
+    card = build_data(settings, tmp_path, questions=qs, tokenizer=smol_tokenizer, embedder=embedder, progress=False)
+    rows = read_split(tmp_path, TRAIN) + read_split(tmp_path, VALIDATION)
+    assert rows and all(r["meta"]["kind"] == "oracle" and r["meta"]["tokens"] <= 420 for r in rows)
+    assert any(len(r["meta"]["passages"]) < 4 for r in rows)
+    assert len(rows) + sum(card.dropped.values()) == len(qs)
+
+
+def test_an_unreachable_generator_fails_with_its_address(ft_settings):
+    opts = GeneratorOptions("http://127.0.0.1:9/v1", model="m", timeout_s=2)
+    with pytest.raises(FinetuneError, match="127.0.0.1:9"):
+        generate_questions(ft_settings, opts, chunks=[{"id": "c", "text": "x", "doc_id": "d", "language": "en"}])
+    assert parse_pairs('no json here') == []
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_loss_is_on_the_answer_tokens_only(tiny_trainer, built):
+    tok = tiny_trainer.processing_class
+    rows = read_split(built[0], TRAIN)
+    for ex, row in list(zip(tiny_trainer.train_dataset, rows))[:5]:
+        prompt = tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+        labels = ex["labels"]
+        assert ex["input_ids"][: len(prompt)] == prompt
+        assert all(label == -100 for label in labels[: len(prompt)])
+        assert labels[len(prompt):] == ex["input_ids"][len(prompt):]
+        assert tok.decode(labels[len(prompt):]) == row["messages"][-1]["content"] + "<|im_end|>\n"
+
+
+def test_training_changes_the_adapter_and_not_the_base(tiny_trainer):
+    model = tiny_trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tiny_trainer.train()
+    after = dict(model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert lora and all(after[n].requires_grad for n in lora)
+    assert any(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+    assert tiny_trainer.state.log_history[0]["loss"] > 0
+
+
+def test_train_run_stops_on_budget_saves_adapter_and_resumes(tiny_settings, built, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    data = built[0]
+    first = train(tiny_settings, data, run_id="budget", max_minutes=1e-4, progress=False, echo=lambda s: None)
+    assert first.stopped_by_budget and first.steps == 1
+    run = first.run_dir
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "train_config.json", "run.json",
+                 "loss.png", "checkpoints/checkpoint-1"):
+        assert (run / name).exists(), name
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    record = json.loads((run / "run.json").read_text())
+    assert record["data_hash"] == data_hash(data) and record["base_model"] == str(tiny_base)
+    assert record["base_sha256"] and record["stopped_by_budget"] is True
+    assert json.loads((run / "train_config.json").read_text())["finetune"]["lora_r"] == 4
+    with pytest.raises(FinetuneError, match="--resume"):
+        train(tiny_settings, data, run_id="budget", progress=False, echo=lambda s: None)
+
+    second = train(tiny_settings, data, run_id="budget", resume=True, progress=False, echo=lambda s: None)
+    assert second.steps == 2 and not second.stopped_by_budget
+    info = validate_adapter(second.adapter, tiny_base)
+    assert info.r == 4 and info.layers == [0, 1]
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, second.adapter)(ids).logits
+    assert not torch.allclose(plain, tuned)
+
+
+def test_qlora_without_cuda_is_refused(tiny_settings, built):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(FinetuneError, match="CUDA"):
+        train(with_finetune(tiny_settings, qlora=True), built[0], run_id="qlora", progress=False, echo=lambda s: None)
+
+
+def test_train_without_data_says_how_to_build_it(tiny_settings, built, tmp_path):
+    with pytest.raises(FinetuneError, match="ftatlas finetune data"):
+        train(tiny_settings, tmp_path / "nothing", progress=False)
+    for bad in ("latest", "../elsewhere"):
+        with pytest.raises(FinetuneError, match="run id"):
+            train(tiny_settings, built[0], run_id=bad, progress=False)
+
+
+@pytest.mark.gpu
+def test_qlora_trains_a_4bit_base_on_cuda(tiny_settings, built):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("bitsandbytes")
+    result = train(with_finetune(tiny_settings, qlora=True, max_steps=1), built[0], run_id="qlora-gpu", progress=False,
+                   echo=lambda s: None)
+    assert result.steps == 1 and validate_adapter(result.adapter).r == 4
+    config = json.loads((result.run_dir / "train_config.json").read_text())
+    assert config["device"] == {"cuda": True, "bf16": torch.cuda.is_bf16_supported(), "qlora": True}
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def test_validate_adapter_refuses_missing_foreign_and_mismatched_adapters(smol_shaped_adapter, tiny_base, tmp_path):
+    info = validate_adapter(smol_shaped_adapter, bundled_gguf())
+    assert info.r == 8 and info.alpha == 16 and info.modules == 8 and info.base_model == BUNDLED_ID
+
+    with pytest.raises(AdapterError, match="does not exist"):
+        validate_adapter(tmp_path / "nope")
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        validate_adapter(tmp_path)
+    pickled = shutil.copytree(smol_shaped_adapter, tmp_path / "pickled")
+    (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="pickled weights are refused"):
+        validate_adapter(pickled)
+    (pickled / "adapter_model.bin").unlink()
+    with pytest.raises(AdapterError, match="has no adapter_model.safetensors"):
+        validate_adapter(pickled)
+    (pickled / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="not a readable safetensors"):
+        validate_adapter(pickled)
+    with pytest.raises(AdapterError, match="different base model"):
+        validate_adapter(smol_shaped_adapter, tiny_base, check_name=False)
+    with pytest.raises(AdapterError, match="trained on"):
+        validate_adapter(smol_shaped_adapter, tiny_base)
+    with pytest.raises(AdapterError, match="different base model"):
+        validate_adapter(smol_shaped_adapter, {"hidden_size": 960, "num_attention_heads": 15, "num_hidden_layers": 32})
+
+
+def test_gguf_adapter_has_llama_cpp_names_and_shapes_and_loads(smol_shaped_adapter):
+    import gguf
+    from llama_cpp import Llama
+
+    out = gguf_adapter(smol_shaped_adapter, bundled_gguf())
+    assert out == validate_adapter(smol_shaped_adapter).gguf == smol_shaped_adapter / "lora.gguf"
+    written = out.stat().st_mtime_ns
+    assert gguf_adapter(smol_shaped_adapter, bundled_gguf()).stat().st_mtime_ns == written  # not converted twice
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    assert reader.fields["adapter.lora.alpha"].contents() == 16.0
+    assert reader.fields["general.architecture"].contents() == "llama"
+    shapes = {t.name: [int(x) for x in t.shape] for t in reader.tensors}  # ggml order: ne[0] first
+    assert shapes["blk.0.attn_q.weight.lora_a"] == [576, 8] and shapes["blk.0.attn_q.weight.lora_b"] == [8, 576]
+    assert shapes["blk.1.attn_k.weight.lora_a"] == [576, 8] and shapes["blk.1.attn_k.weight.lora_b"] == [8, 192]
+    assert shapes["blk.1.attn_output.weight.lora_b"] == [8, 576] and len(shapes) == 16
+
+    def last_logits(lora: Path | None) -> np.ndarray:
+        llm = Llama(model_path=str(bundled_gguf()), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
+                    verbose=False, n_threads=2)
+        llm.eval([1, 504, 3158, 314])
+        scores = np.array(llm.scores[3])
+        llm.close()
+        return scores
+
+    assert not np.allclose(last_logits(None), last_logits(out), atol=1e-3)
+
+
+@pytest.fixture(scope="session")
+def bundled_base():
+    """The bundled GGUF de-quantized into the test profile's data folder (once; later sessions reuse the cache)."""
+    return resolve_base(load_settings("test", root=REPO))
+
+
+@pytest.mark.slow
+def test_gguf_adapter_shifts_llama_cpp_logits_like_peft_shifts_the_float_model(bundled_base, tmp_path):
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(bundled_base.path)
+    model = AutoModelForCausalLM.from_pretrained(bundled_base.path, dtype=torch.float32)
+    adapter, peft_model = random_adapter(model, tmp_path / "adapter", seed=1)
+    text = tok.apply_chat_template([{"role": "user", "content": "What does LoRA train?"}], add_generation_prompt=True,
+                                   tokenize=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        hf_with = peft_model(torch.tensor([ids])).logits[0].numpy()
+        with peft_model.disable_adapter():
+            hf_without = peft_model(torch.tensor([ids])).logits[0].numpy()
+
+    gguf_adapter = convert_to_gguf(adapter, bundled_base.gguf)
+
+    def llama_logits(lora: Path | None) -> np.ndarray:
+        llm = Llama(model_path=str(bundled_base.gguf), lora_path=str(lora) if lora else None, n_ctx=256,
+                    logits_all=True, verbose=False, n_threads=2)
+        llm.eval(ids)
+        scores = np.array(llm.scores[: len(ids)])
+        llm.close()
+        return scores
+
+    cpp_without, cpp_with = llama_logits(None), llama_logits(gguf_adapter)
+    hf_shift, cpp_shift = hf_with - hf_without, cpp_with - cpp_without
+    corr = [np.corrcoef(hf_shift[i], cpp_shift[i])[0, 1] for i in range(len(ids))]
+    # Without the q/k row permutation this falls to about 0.83; quantization noise alone keeps it just under 1.
+    assert np.mean(corr) > 0.95, corr
+    assert (hf_with.argmax(-1) == cpp_with.argmax(-1)).mean() >= 0.8
+    assert (hf_with.argmax(-1) != hf_without.argmax(-1)).any()  # the adapter really changes predictions
