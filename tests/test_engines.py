@@ -74,6 +74,20 @@ os.execv(sys.executable, [sys.executable, "-m", "llama_cpp.server", "--model", o
 """
 
 
+def tiny_adapter(folder, base_id: str, hidden: int = 576, r: int = 8):
+    """A valid peft LoRA folder for `base_id` (one q_proj pair): what vLLM's --lora-modules is pointed at."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": base_id, "r": r, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{prefix}.lora_A.weight": np.zeros((r, hidden), np.float32),
+               f"{prefix}.lora_B.weight": np.zeros((hidden, r), np.float32)}, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
 def test_vllm_launcher_flags_lifecycle_and_adapter(corpus_index, rag, tmp_path, monkeypatch):
     from serve import RagEngine
     from serve.engines import bundled_gguf
@@ -87,8 +101,7 @@ def test_vllm_launcher_flags_lifecycle_and_adapter(corpus_index, rag, tmp_path, 
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("VLLM_ARGV_FILE", str(argv_file))
     monkeypatch.setenv("STANDIN_GGUF", str(bundled_gguf()))
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
+    adapter = tiny_adapter(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
     port = free_port()
     settings = with_llm(corpus_index, engine="vllm", model="HuggingFaceTB/SmolLM2-135M-Instruct", vllm_port=port,
                         vllm_tensor_parallel_size=2, vllm_max_model_len=4096, vllm_gpu_memory_utilization=0.7,
@@ -127,6 +140,16 @@ def test_vllm_start_failure_is_reported_and_cleaned_up(corpus_index, rag, tmp_pa
     settings = with_llm(corpus_index, engine="vllm", model="m", vllm_port=free_port(), vllm_startup_timeout_s=30)
     with pytest.raises(EngineUnavailable, match="exited with code 3"):
         RagEngine(settings, retriever=rag.retriever).engine()
+
+
+def test_vllm_refuses_an_adapter_for_another_base(corpus_index, rag, tmp_path):
+    from finetune import AdapterError
+    from serve.engines.vllm import VLLMEngine
+
+    adapter = tiny_adapter(tmp_path / "adapter", "meta-llama/Llama-2-7b-hf")
+    settings = with_llm(corpus_index, engine="vllm", model="HuggingFaceTB/SmolLM2-135M-Instruct", adapter=adapter)
+    with pytest.raises(AdapterError, match="trained on"):
+        VLLMEngine(settings, adapter=True)
 
 
 def test_transformers_engine_runs_the_bundled_model(corpus_index, rag):
