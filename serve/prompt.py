@@ -26,7 +26,9 @@ SYSTEM_BASE = (
 
 def split_sentences(text: str) -> list[str]:
     """Sentences of a passage, Markdown noise removed. Example: '- **A** is x. B is y' -> ['A is x.', 'B is y']."""
-    text = re.sub(r"```.*?```", lambda m: m.group(0).replace("\n", " ; "), text, flags=re.S)
+    # A Mermaid block is read through the edge sentences that follow it; other code keeps one line per sentence.
+    text = re.sub(r"```mermaid.*?```", "", text, flags=re.S)
+    text = re.sub(r"```\w*", "", text)
     out = []
     for line in text.splitlines():
         line = re.sub(r"^\s*(?:[-*>]|\d+\.)\s+", "", line)
