@@ -108,7 +108,7 @@ def trim_passage(p: Passage, grounder: "Grounder", n: int, keep: int = 4) -> Pas
     if len(mine) <= keep:
         return p
     chosen = {id(s) for s in sorted(mine, key=grounder.relevance, reverse=True)[:keep]}
-    text = " ".join(s.text for s in mine if id(s) in chosen)
+    text = "\n".join(s.text for s in mine if id(s) in chosen)  # one per line: unpunctuated ones stay apart
     return Passage(p.id, p.doc_id, p.title, p.section, p.source, text, p.score, p.language, p.kind)
 
 
