@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass
@@ -46,6 +47,18 @@ class Grounder:
         self.qtokens = set(tokenize(search_query or question))
         self.question_tokens = set(tokenize(question))
         self.sentences = [Sentence(n, t, v, set(tokenize(t))) for n, t, v in zip(owners, texts, svecs)]
+        self._weigh()
+
+    def subset(self, passages: list[Passage]) -> "Grounder":
+        """The same grounder over trimmed or fewer passages, reusing the vectors already computed (no re-encoding)."""
+        keep = {(n, t) for n, p in enumerate(passages, 1) for t in split_sentences(p.text)}
+        other = copy.copy(self)
+        other.sentences = [s for s in self.sentences if (s.n, s.text) in keep]
+        other._weigh()
+        return other
+
+    def _weigh(self) -> None:
+        """idf of the question's tokens over the sentences held."""
         df: dict[str, int] = {}
         for s in self.sentences:
             for t in s.tokens:

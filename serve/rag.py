@@ -104,12 +104,12 @@ class RagEngine:
         search = query if not is_russian(query) else f"{query} {self.retriever.glossary.expand(query)}"
         grounder = Grounder(self.embedder, question, passages, search_query=search)
         passages = [trim_passage(p, grounder, n) for n, p in enumerate(passages, 1)]
-        grounder = Grounder(self.embedder, question, passages, search_query=search)
+        grounder = grounder.subset(passages)
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
         msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
         while self._too_long(msgs, max_tokens) and len(passages) > 1:
             passages = passages[:-1]
-            grounder = Grounder(self.embedder, question, passages, search_query=search)
+            grounder = grounder.subset(passages)
             msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
         self._check_budget(msgs, max_tokens)
         return Prepared(spec, question, language, passages, msgs, grounder, refuse, timings)
