@@ -38,7 +38,7 @@ test: install
 finetune: install
 	$(VENV)/bin/ftatlas ingest --quiet
 	$(VENV)/bin/ftatlas finetune data
-	$(VENV)/bin/ftatlas finetune train --max-minutes 20 --max-steps 20 --run-id make-finetune
+	$(VENV)/bin/ftatlas finetune train --max-minutes 20 --max-steps 48 --run-id make-finetune
 	FTATLAS_LLM__ADAPTER=runs/make-finetune/adapter $(VENV)/bin/ftatlas eval --configs atlas-rag,atlas-rag-lora
 
 clean:

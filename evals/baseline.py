@@ -44,12 +44,12 @@ class StockRetriever:
 
 
 class StockPassages:
-    """Stands in for serve's Retriever inside a RagEngine: the stock pipeline's passages, our embedder and glossary."""
+    """Stands in for serve's Retriever inside a RagEngine: the stock pipeline's passages, our embedder and search query."""
 
     def __init__(self, stock: StockRetriever, retriever):
         self.stock = stock
         self.embedder = retriever.embedder
-        self.glossary = retriever.glossary
+        self.search_query = retriever.search_query  # the grounder weighs sentences exactly as for atlas-rag
 
     def retrieve(self, query: str, opts=None) -> list:
         from serve.retrieval import Passage

@@ -6,6 +6,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages
 from serve.retrieval import Passage, RetrievalOptions
 
@@ -13,6 +14,7 @@ from .overlap import tokens
 from .questions import Question
 
 ORACLE_CANDIDATES = 8
+MIN_TRIMMED_OVERLAP = 0.8  # share of the oracle's answer overlap that must survive trimming
 EXTRA_CANDIDATES = 12  # retrieved beyond what is needed, since hits from the question's own docs are skipped
 
 
@@ -95,6 +97,16 @@ class RaftBuilder:
             return None, "no passages retrieved"
         rng = random.Random(f"{self.seed}:{q.id}")
         order = rng.sample(passages, len(passages))
+        # The server trims every passage to its most relevant sentences before the model reads them; so do we.
+        trimmed, _ = reading(self.retriever.embedder, q.question, order, self.retriever.search_query(q.question))
+        by_id = {p.id: t for p, t in zip(order, trimmed)}
+        order = [by_id[p.id] for p in order]
+        distractors = [by_id[p.id] for p in distractors]
+        if kind == "oracle":
+            oracle = by_id[oracle.id]
+            kept = answer_overlap(q.answer, f"{oracle.title} {oracle.section} {oracle.text}")
+            if kept < MIN_TRIMMED_OVERLAP * overlap:
+                return None, "trimming cut the answer out of the oracle passage"
         while True:
             ex = self._example(q, lang, kind, order, oracle if kind == "oracle" else None, overlap)
             if ex.tokens <= self.max_seq_len:

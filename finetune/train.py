@@ -125,11 +125,15 @@ def make_trainer(settings, data: Path, output_dir: Path, base: Base, *, max_step
             echo(f"{split}: {len(rows) - len(out)} examples longer than max_seq_len={ft.max_seq_len} left out")
         return out
 
-    train_rows = fitting(read_split(data, TRAIN), "train")
+    def chosen(rows: list[dict]) -> list[dict]:
+        return [r for r in rows if r.get("meta", {}).get("language", "en") in ft.train_languages]
+
+    train_rows = fitting(chosen(read_split(data, TRAIN)), "train")
     if not train_rows:
-        raise FinetuneError(f"{data / TRAIN} has no examples that fit max_seq_len={ft.max_seq_len}")
+        raise FinetuneError(f"{data / TRAIN} has no examples in {ft.train_languages} that fit "
+                            f"max_seq_len={ft.max_seq_len}")
     val_path = Path(data) / VALIDATION
-    val_rows = fitting(read_split(data, VALIDATION), "validation") if val_path.is_file() else []
+    val_rows = fitting(chosen(read_split(data, VALIDATION)), "validation") if val_path.is_file() else []
     train_ds = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
     val_ds = Dataset.from_list([to_prompt_completion(r) for r in val_rows]) if val_rows else None
 
@@ -205,7 +209,7 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     (run_dir / "train_config.json").write_text(json.dumps(
         {"finetune": ft.model_dump(mode="json"), "max_steps": trainer.args.max_steps, "max_minutes": max_minutes,
          "device": device_plan(settings), "sft": json.loads(trainer.args.to_json_string())}, indent=2))
-    echo(f"training run {run_id}: base {base.id}, {len(trainer.train_dataset)} examples, "
+    echo(f"training run {run_id}: base {base.id}, {len(trainer.train_dataset)} examples in {ft.train_languages}, "
          f"{trainer.args.max_steps} steps" + (f", budget {max_minutes:g} min" if max_minutes else ""))
     t0 = time.monotonic()
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -179,12 +179,16 @@ def finetune_data(settings: Settings, out, generator_endpoint, generator_model, 
 @click.option("--run-id", default=None, help="runs/<run-id>/ (default: a timestamp).")
 @click.option("--resume", is_flag=True, help="Continue the last checkpoint of --run-id, or of the latest run.")
 @click.option("--base", "base_model", default=None, help="HF folder or id (default: finetune.base_model).")
+@click.option("--languages", default=None, help="Comma-separated question languages to train on (default: finetune.train_languages).")
 @click.option("--quiet", is_flag=True)
 @pass_settings
 @friendly
-def finetune_train(settings: Settings, data, max_minutes, max_steps, run_id, resume, base_model, quiet) -> None:
+def finetune_train(settings: Settings, data, max_minutes, max_steps, run_id, resume, base_model, languages, quiet) -> None:
     """Train a LoRA adapter with TRL's SFTTrainer; writes runs/<run-id>/adapter/ (peft + lora.gguf)."""
     from finetune import train
+
+    if languages:
+        settings.finetune.train_languages = [x.strip() for x in languages.split(",") if x.strip()]
 
     click.echo(train(settings, data, run_id=run_id, max_minutes=max_minutes, max_steps=max_steps, resume=resume,
                      base_model=base_model, progress=not quiet, echo=click.echo).text())

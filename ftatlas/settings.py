@@ -60,6 +60,10 @@ class LLMSettings(BaseModel):
     grounding_similarity: float = Field(0.5, description="Min embedding cosine between a sentence and that passage sentence (both must hold).")
     generate_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages the model writes itself; others are answered by quoting passages.")
     refuse_below: float = Field(0.35, description="Decline when no passage sentence reaches this relevance to the question.")
+    model_refusal_below: float = Field(0.9, description="The model's own 'no answer' stands only below this best relevance; "
+                                       "above it the passages are quoted (unanswerable training questions peak at 0.86).")
+    grounding_top_sentences: int = Field(6, description="A generated sentence must restate one of this many passage "
+                                         "sentences most relevant to the question.")
     extractive_sentences: int = Field(3, description="Passage sentences quoted by an extractive answer.")
     grounding_min_supported: float = Field(0.5, description="Below this share of supported sentences the answer turns extractive.")
 
@@ -87,6 +91,8 @@ class FinetuneSettings(BaseModel):
     grad_accum: int = Field(1, description="Gradient accumulation steps.")
     max_steps: int = Field(150, description="Optimizer steps.")
     max_seq_len: int = Field(768, description="Max tokens per example.")
+    train_languages: list[str] = Field(default_factory=lambda: ["en", "ru"], description="Question languages trained "
+                                       "on; the server writes only llm.generate_languages itself and quotes the rest.")
     qlora: bool = Field(False, description="Load the base in 4-bit NF4 (CUDA + bitsandbytes only).")
     seed: int = Field(13, description="Random seed for data and training.")
 

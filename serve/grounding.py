@@ -65,6 +65,8 @@ class Grounder:
                 df[t] = df.get(t, 0) + 1
         n = len(self.sentences) + 1
         self.idf = {t: math.log(1 + n / df.get(t, 0.5)) for t in self.qtokens}
+        ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
+        self.rank = {id(s): i for i, s in enumerate(ranked)}  # 0 = the sentence that best answers the question
 
     def relevance(self, s: Sentence) -> float:
         """How well a passage sentence answers the question: cosine plus idf-weighted keyword overlap,
@@ -90,8 +92,13 @@ class Grounder:
                 break
         return out
 
-    def support(self, sentence: str, min_overlap: float, min_similarity: float) -> tuple[bool, int, float]:
-        """(supported, best passage n, score) for one generated sentence, against its cited passages if it cites any."""
+    def support(self, sentence: str, min_overlap: float, min_similarity: float,
+                top: int | None = None) -> tuple[bool, int, float]:
+        """(supported, best passage n, score) for one generated sentence, against its cited passages if it cites any.
+
+        With `top`, the passage sentence it restates must also be one of the `top` most relevant to the question:
+        a true sentence about something else does not answer it.
+        """
         cited = {int(c) for c in _CITE.findall(sentence)}
         pool = [s for s in self.sentences if not cited or s.n in cited] or self.sentences
         clean = _CITE.sub("", sentence).strip()
@@ -108,6 +115,8 @@ class Grounder:
         novel = (toks - self.question_tokens) & best.tokens
         if numbers - passage_numbers or len(toks & best.tokens) < MIN_SHARED_TOKENS or len(novel) < 2:
             return False, best.n, 0.0
+        if top is not None and self.rank.get(id(best), top) >= top:
+            return False, best.n, 0.0
         return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
 
     def extractive(self, k: int = 2) -> str:
@@ -123,6 +132,17 @@ def trim_passage(p: Passage, grounder: "Grounder", n: int, keep: int = 4) -> Pas
     chosen = {id(s) for s in sorted(mine, key=grounder.relevance, reverse=True)[:keep]}
     text = "\n".join(s.text for s in mine if id(s) in chosen)  # one per line: unpunctuated ones stay apart
     return Passage(p.id, p.doc_id, p.title, p.section, p.source, text, p.score, p.language, p.kind)
+
+
+def reading(embedder, question: str, passages: list[Passage], search_query: str | None = None,
+            keep: int = 4) -> tuple[list[Passage], Grounder]:
+    """What the model reads: each passage trimmed to its `keep` most relevant sentences, and the grounder over them.
+
+    The server and the fine-tuning data builder both call this, so training prompts are the prompts served.
+    """
+    grounder = Grounder(embedder, question, passages, search_query=search_query)
+    trimmed = [trim_passage(p, grounder, n, keep) for n, p in enumerate(passages, 1)]
+    return trimmed, grounder.subset(trimmed)
 
 
 def split_generated(text: str) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from .engines import Engine, GenerationParams, create_engine
 from .errors import BadRequest, ContextOverflow, EngineUnavailable, UnknownModel
-from .grounding import Grounder, split_generated, trim_passage
+from .grounding import Grounder, reading, split_generated
 from .models import MODELS, ModelSpec
 from .prompt import NO_ANSWER, build_messages
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
@@ -101,10 +101,7 @@ class RagEngine:
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
-        search = query if not is_russian(query) else f"{query} {self.retriever.glossary.expand(query)}"
-        grounder = Grounder(self.embedder, question, passages, search_query=search)
-        passages = [trim_passage(p, grounder, n) for n, p in enumerate(passages, 1)]
-        grounder = grounder.subset(passages)
+        passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
         msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
         while self._too_long(msgs, max_tokens) and len(passages) > 1:
@@ -174,7 +171,8 @@ class RagEngine:
                 said_no = True
                 return None
             total += 1
-            ok, n, score = prep.grounder.support(sentence, llm.grounding_overlap, llm.grounding_similarity)
+            ok, n, score = prep.grounder.support(sentence, llm.grounding_overlap, llm.grounding_similarity,
+                                                 llm.grounding_top_sentences)
             if not ok:
                 return None
             kept.append(score)
@@ -196,7 +194,8 @@ class RagEngine:
                 yield (" " if emitted else "") + out
                 emitted = True
         share = len(kept) / total if total else 0.0
-        if not emitted and said_no:
+        # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
+        if not emitted and said_no and prep.grounder.best_relevance() < llm.model_refusal_below:
             prep.timings["grounding"] = {"mode": "refused", "supported": 0.0}
             yield NO_ANSWER.get(prep.language, NO_ANSWER["en"])
         elif not emitted or share < llm.grounding_min_supported:

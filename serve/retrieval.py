@@ -165,6 +165,10 @@ class Retriever:
         return Passage(cid, m.get("doc_id", ""), m.get("title", ""), m.get("section") or "", m.get("source", ""),
                        self._texts[cid], score, m.get("language", ""), m.get("kind", ""))
 
+    def search_query(self, query: str) -> str:
+        """The query the grounder weighs sentences by: a Russian one carries its English glossary terms too."""
+        return f"{query} {self.glossary.expand(query)}" if is_russian(query) else query
+
     def chunk_count(self) -> int:
         self.refresh()
         return len(self._meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -161,3 +162,57 @@ def test_transformers_engine_runs_the_bundled_model(corpus_index, rag):
     assert out["choices"][0]["message"]["content"]
     engine.close()
 
+
+
+class ScriptedEngine:
+    """The one edge faked here: a model that replies with a fixed text, to drive the grounding policy exactly."""
+
+    name, n_ctx = "scripted", 8192
+
+    def __init__(self, reply: str):
+        self.reply = reply
+
+    def stream(self, messages, params):
+        yield from self.reply.split(" ")[:1] + [" " + w for w in self.reply.split(" ")[1:]]
+
+    def count_tokens(self, text: str) -> int:
+        return len(text) // 3 + 1
+
+    def ready(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+QLORA_Q = "How much GPU memory did QLoRA need to fine-tune a 65B model?"
+
+
+def test_a_generated_sentence_must_restate_a_passage_sentence_that_answers_the_question(rag):
+    llm = rag.settings.llm
+    g = rag.prepare("atlas-rag", [{"role": "user", "content": QLORA_Q}]).grounder
+    ranked = sorted((s for s in g.sentences if id(s) in g.rank), key=lambda s: g.rank[id(s)])
+    top = llm.grounding_top_sentences
+    assert g.support(f"{ranked[0].text} [{ranked[0].n}]", llm.grounding_overlap, llm.grounding_similarity, top)[0]
+    # a sentence the passages state, far down the question's ranking: true, and supported without the gate...
+    true_elsewhere = [s for s in ranked[top:] if g.support(f"{s.text} [{s.n}]", llm.grounding_overlap,
+                                                            llm.grounding_similarity)[0]]
+    assert true_elsewhere
+    # ...but it does not answer the question, so a generated answer may not consist of it
+    s = true_elsewhere[-1]
+    assert not g.support(f"{s.text} [{s.n}]", llm.grounding_overlap, llm.grounding_similarity, top)[0]
+
+
+@pytest.mark.parametrize("threshold, mode", [(0.01, "extractive"), (99.0, "refused")])
+def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus_index, rag, threshold, mode):
+    from serve import RagEngine
+    from serve.prompt import NO_ANSWER
+
+    engine = RagEngine(with_llm(corpus_index, model_refusal_below=threshold), engine=ScriptedEngine(NO_ANSWER["en"]),
+                       retriever=rag.retriever)
+    out = engine.complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=32)
+    assert out["grounding"]["mode"] == mode
+    text = out["choices"][0]["message"]["content"]
+    assert (text == NO_ANSWER["en"]) is (mode == "refused")
+    if mode == "extractive":  # the passages are quoted instead, each sentence with its [n]
+        assert "48 GB" in text and re.search(r"\[\d\]", text)

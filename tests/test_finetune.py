@@ -5,6 +5,7 @@ remote question generator's HTTP transport (no model endpoint can run here)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from finetune.generate import generate_questions, parse_pairs
 from finetune.gguf_lora import permute
 from finetune.overlap import EvalGuard, dedupe, jaccard, normalise, tokens
 from finetune.questions import Question, load_questions
-from finetune.raft import EXTRA_CANDIDATES, answer_overlap, cite
+from finetune.raft import EXTRA_CANDIDATES, MIN_TRIMMED_OVERLAP, answer_overlap, cite
 from finetune.train import make_trainer
 from ftatlas.settings import load_settings
-from serve.prompt import NO_ANSWER, build_messages
+from serve.grounding import reading
+from serve.prompt import NO_ANSWER, build_messages, split_sentences
 from serve.retrieval import Passage, RetrievalOptions, Retriever
 
 from conftest import REPO
@@ -210,26 +212,41 @@ def test_generated_questions_join_the_data_with_their_chunk_as_oracle_doc(built)
         assert r["meta"]["source"] == "generated:gen-model" and len(r["meta"]["doc_ids"]) == 1
 
 
-def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(built, ft_settings):
+def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(built, ft_settings, retriever, embedder):
     from ingest.store import open_collection
 
     _, _, rows = built
     got = open_collection(ft_settings).get(include=["documents", "metadatas"])
     chunks = {cid: (doc, meta) for cid, doc, meta in zip(got["ids"], got["documents"], got["metadatas"])}
+    full_sets = 0
     for r in rows:
         m = r["meta"]
-        passages = [Passage(p["id"], p["doc_id"], chunks[p["id"]][1]["title"], chunks[p["id"]][1].get("section") or "",
-                            "", chunks[p["id"]][0], 0.0) for p in m["passages"]]
-        assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"])
+        whole = [Passage(p["id"], p["doc_id"], chunks[p["id"]][1]["title"], chunks[p["id"]][1].get("section") or "",
+                         "", chunks[p["id"]][0], 0.0) for p in m["passages"]]
+        # The model reads what the server's `reading` makes of the retrieved chunks: each cut to its best sentences.
+        passages, _ = reading(embedder, m["question"], whole, retriever.search_query(m["question"]))
+        if len(whole) == ft_settings.finetune.distractors + 1:  # nothing dropped for length: the very same prompt
+            full_sets += 1
+            assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"])
+        user = r["messages"][1]["content"]
+        for chunk in whole:  # each chunk shown whole when short, else as at most 4 of its sentences, in order
+            sentences = split_sentences(chunk.text)
+            shown = [s for s in sentences if s in user]
+            assert chunk.text in user if len(sentences) <= 4 else (0 < len(shown) <= 4 and "\n".join(shown) in user)
         assert [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
         target = r["messages"][-1]["content"]
         if m["kind"] == "oracle":
             n = m["oracle"]
             assert passages[n - 1].doc_id in m["doc_ids"]
             assert f" [{n}]" in target
+            oracle = passages[n - 1]  # trimming kept the sentences that hold the answer
+            answer = re.sub(r" \[\d+\]", "", target)
+            assert answer_overlap(answer, f"{oracle.title} {oracle.section} {oracle.text}") >= \
+                MIN_TRIMMED_OVERLAP * m["oracle_overlap"] - 1e-9
         else:
             assert m["oracle"] is None and target == NO_ANSWER[m["language"]]
             assert all(p.doc_id not in m["doc_ids"] for p in passages)
+    assert full_sets >= 5  # the exact comparison ran on a fair share of the examples
 
 
 def test_distractors_are_the_retrievers_top_hits_from_other_documents(built, retriever, ft_settings):
@@ -299,6 +316,18 @@ def test_loss_is_on_the_answer_tokens_only(tiny_trainer, built):
         assert all(label == -100 for label in labels[: len(prompt)])
         assert labels[len(prompt):] == ex["input_ids"][len(prompt):]
         assert tok.decode(labels[len(prompt):]) == row["messages"][-1]["content"] + "<|im_end|>\n"
+
+
+def test_training_can_be_limited_to_the_languages_the_server_generates(tiny_settings, built, tmp_path):
+    out, card, rows = built
+    en_only = with_finetune(tiny_settings, train_languages=["en"])
+    trainer = make_trainer(en_only, out, tmp_path, resolve_base(en_only), progress=False)
+    train_rows = read_split(out, TRAIN)
+    english = [r for r in train_rows if r["meta"]["language"] == "en"]
+    assert 0 < len(english) < len(train_rows) and len(trainer.train_dataset) == len(english)
+    with pytest.raises(FinetuneError, match="no examples in"):
+        make_trainer(with_finetune(tiny_settings, train_languages=["de"]), out, tmp_path, resolve_base(tiny_settings),
+                     progress=False)
 
 
 def test_training_changes_the_adapter_and_not_the_base(tiny_trainer):
