@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import gate as gating
+from .adapter_run import adapter_note, record_in_run
 from .aggregate import summarize
 from .backends import Backend, http, in_process
 from .configs import BASELINE, Config, all_configs, select
@@ -60,10 +61,16 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
 
         judge = Judge(judge_endpoint, settings.data_dir / "judge-cache", judge_model, judge_api_key, settings.llm.timeout_s)
         run.judge = f"{judge.model} at {judge_endpoint}"
+    lora = settings.llm.adapter if any(c.model == "atlas-rag-lora" for c in chosen) else None
+    if lora:
+        run.notes.append(adapter_note(settings.path(lora)))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,
             temperature=0.0, progress=progress)
     full = run.answers and len(asked) == len(questions)
-    return run, write_report(run, reports, latest=full)
+    folder = write_report(run, reports, latest=full)
+    if lora and run.answers:
+        record_in_run(settings.path(lora), folder, run.records)
+    return run, folder
 
 
 def cli_main(settings, *, endpoint: str | None = None, api_key: str | None = None, configs: str | None = None,

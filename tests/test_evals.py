@@ -457,3 +457,25 @@ def test_eval_against_our_api_reads_sources_grounding_and_retrieve(atlas_server,
     assert rag["sources"] and rag["grounding"]["mode"] and rag["latency"]["ttft_ms"] > 0
     assert len(rag["retrieved"]) == 10 and rag["metrics"]["hit@5"] == 1.0  # ranked by /v1/retrieve, deeper than top_k
 
+
+
+def test_a_lora_eval_names_its_training_run_and_is_recorded_in_it(tmp_path):
+    from evals.adapter_run import adapter_note, record_in_run
+
+    adapter = tmp_path / "runs" / "r1" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 3 * 2**20)
+    (adapter.parent / "run.json").write_text(json.dumps(
+        {"run_id": "r1", "steps": 48, "train_seconds": 1174.2, "data_hash": "c688", "base_model": "smol"}))
+    note = adapter_note(adapter)
+    assert "3.0 MiB" in note and "run r1" in note and "steps 48" in note and "train_seconds 1.17e+03" in note
+    records = [{"config": "atlas-rag-lora", "language": "en", "category": "lookup", "refuse": False,
+                "metrics": {"fact_recall": 0.5}}]
+    out = record_in_run(adapter, tmp_path / "reports" / "x", records)
+    saved = json.loads(out.read_text())
+    assert out == adapter.parent / "eval.json" and saved["report"].endswith("x")
+    assert saved["by_config"][0]["config"] == "atlas-rag-lora" and saved["by_config"][0]["fact_recall"] == 0.5
+    # an adapter that is not inside a training run gets a plain note and no record
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert adapter_note(other) == f"atlas-rag-lora: adapter {other}" and record_in_run(other, tmp_path, records) is None

@@ -1,0 +1,44 @@
+"""Ties an eval of atlas-rag-lora to the training run that made its adapter: a report note, and eval.json in the run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .report import summaries
+
+SHOWN_RUN = ("steps", "train_seconds", "s_per_step", "train_loss", "eval_loss", "data_hash", "base_model")
+
+
+def training_run(adapter: Path) -> dict | None:
+    """runs/<id>/run.json for an adapter saved as runs/<id>/adapter (None for an adapter from elsewhere)."""
+    record = Path(adapter).resolve().parent / "run.json"
+    try:
+        return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def adapter_note(adapter: Path) -> str:
+    """Example: 'atlas-rag-lora: adapter runs/x/adapter (run x: 48 steps in 1174 s, ...)'."""
+    info = training_run(adapter)
+    if info is None:
+        return f"atlas-rag-lora: adapter {adapter}"
+    size = sum(f.stat().st_size for f in Path(adapter).glob("adapter_model.*")) / 2**20
+    facts = ", ".join(f"{k} {info[k]:.3g}" if isinstance(info.get(k), float) else f"{k} {info.get(k)}"
+                      for k in SHOWN_RUN if info.get(k) is not None)
+    return f"atlas-rag-lora: adapter {adapter} ({size:.1f} MiB; run {info.get('run_id')}: {facts})"
+
+
+def record_in_run(adapter: Path, report_folder: Path, records: list[dict]) -> Path | None:
+    """Write runs/<id>/eval.json: which report measured this adapter, and the summary rows of that report."""
+    info = training_run(adapter)
+    if info is None:
+        return None
+    out = Path(adapter).resolve().parent / "eval.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"report": str(report_folder), **summaries(records)}, ensure_ascii=False, indent=1),
+                   encoding="utf-8")
+    os.replace(tmp, out)
+    return out
