@@ -498,3 +498,30 @@ def test_gguf_adapter_shifts_llama_cpp_logits_like_peft_shifts_the_float_model(b
     assert np.mean(corr) > 0.95, corr
     assert (hf_with.argmax(-1) == cpp_with.argmax(-1)).mean() >= 0.8
     assert (hf_with.argmax(-1) != hf_without.argmax(-1)).any()  # the adapter really changes predictions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine_name", ["llamacpp", "transformers"])
+def test_both_cpu_engines_serve_one_peft_folder_as_atlas_rag_lora(engine_name, ft_settings, bundled_base, embedder,
+                                                                  tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from serve import RagEngine
+
+    model = AutoModelForCausalLM.from_pretrained(bundled_base.path, dtype=torch.float32)
+    adapter, _ = random_adapter(model, tmp_path / "adapter", seed=1)  # llama.cpp converts it to lora.gguf itself
+    settings = ft_settings.model_copy(update={"llm": ft_settings.llm.model_copy(update={"engine": engine_name,
+                                                                                          "adapter": adapter})})
+    rag = RagEngine(settings, embedder=embedder)
+    try:
+        rag.load_adapter()
+        assert rag.adapter_error is None and "atlas-rag-lora" in rag.models()
+        msgs = [{"role": "user", "content": "What does LoRA train?"}]
+        params = rag.params(max_tokens=8, temperature=0.0)
+        plain = "".join(rag.engine(adapter=False).stream(msgs, params))
+        tuned = "".join(rag.engine(adapter=True).stream(msgs, params))
+        assert plain and tuned and plain != tuned  # the adapter is really applied, the base engine stays plain
+        out = rag.complete("atlas-rag-lora", msgs, max_tokens=16)
+        assert out["model"] == "atlas-rag-lora" and out["sources"] and out["choices"][0]["message"]["content"]
+    finally:
+        rag.close()

@@ -28,6 +28,8 @@ class TransformersEngine:
             self.tokenizer = AutoTokenizer.from_pretrained(src, **kw)
             dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, **kw).to(self.device).eval()
+            if kw:  # loaded from the GGUF: name the model by that file, which is what adapters are checked against
+                self.model.config._name_or_path = str(gguf)
         except (OSError, ValueError) as e:
             raise EngineUnavailable(f"transformers engine: cannot load {llm.model}: {e}") from e
         if adapter:
