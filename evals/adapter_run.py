@@ -26,7 +26,7 @@ def adapter_note(adapter: Path) -> str:
     if info is None:
         return f"atlas-rag-lora: adapter {adapter}"
     size = sum(f.stat().st_size for f in Path(adapter).glob("adapter_model.*")) / 2**20
-    facts = ", ".join(f"{k} {info[k]:.3g}" if isinstance(info.get(k), float) else f"{k} {info.get(k)}"
+    facts = ", ".join(f"{k} {info[k]:.4g}" if isinstance(info.get(k), float) else f"{k} {info.get(k)}"
                       for k in SHOWN_RUN if info.get(k) is not None)
     return f"atlas-rag-lora: adapter {adapter} ({size:.1f} MiB; run {info.get('run_id')}: {facts})"
 

@@ -468,7 +468,7 @@ def test_a_lora_eval_names_its_training_run_and_is_recorded_in_it(tmp_path):
     (adapter.parent / "run.json").write_text(json.dumps(
         {"run_id": "r1", "steps": 48, "train_seconds": 1174.2, "data_hash": "c688", "base_model": "smol"}))
     note = adapter_note(adapter)
-    assert "3.0 MiB" in note and "run r1" in note and "steps 48" in note and "train_seconds 1.17e+03" in note
+    assert "3.0 MiB" in note and "run r1" in note and "steps 48" in note and "train_seconds 1174" in note
     records = [{"config": "atlas-rag-lora", "language": "en", "category": "lookup", "refuse": False,
                 "metrics": {"fact_recall": 0.5}}]
     out = record_in_run(adapter, tmp_path / "reports" / "x", records)
