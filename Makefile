@@ -38,8 +38,10 @@ test: install
 finetune: install
 	$(VENV)/bin/ftatlas ingest --quiet
 	$(VENV)/bin/ftatlas finetune data
-	$(VENV)/bin/ftatlas finetune train --max-minutes 20 --max-steps 48 --run-id make-finetune
-	FTATLAS_LLM__ADAPTER=runs/make-finetune/adapter $(VENV)/bin/ftatlas eval --configs atlas-rag,atlas-rag-lora
+	$(VENV)/bin/ftatlas finetune train --max-minutes 20 --max-steps 48  # a new runs/<timestamp>/; runs/latest points to it
+	# Two configurations only: the report goes to the run's folder, so the committed reports/latest (all six) stays.
+	FTATLAS_LLM__ADAPTER=runs/latest/adapter FTATLAS_EVALS__REPORTS_DIR=runs/latest/reports \
+		$(VENV)/bin/ftatlas eval --configs atlas-rag,atlas-rag-lora
 
 clean:
 	rm -rf data test-artifacts .pytest_cache
