@@ -100,7 +100,7 @@ class RaftBuilder:
         # The server trims every passage to its most relevant sentences before the model reads them; so do we.
         trimmed, _ = reading(self.retriever.embedder, q.question, order, self.retriever.search_query(q.question))
         by_id = {p.id: t for p, t in zip(order, trimmed)}
-        order = [by_id[p.id] for p in order]
+        order = trimmed
         distractors = [by_id[p.id] for p in distractors]
         if kind == "oracle":
             oracle = by_id[oracle.id]

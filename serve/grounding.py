@@ -65,8 +65,9 @@ class Grounder:
                 df[t] = df.get(t, 0) + 1
         n = len(self.sentences) + 1
         self.idf = {t: math.log(1 + n / df.get(t, 0.5)) for t in self.qtokens}
-        ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
-        self.rank = {id(s): i for i, s in enumerate(ranked)}  # 0 = the sentence that best answers the question
+        # Non-header sentences, best answer first; `rank` gives each one's place (0 = the best).
+        self.ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
+        self.rank = {id(s): i for i, s in enumerate(self.ranked)}
 
     def relevance(self, s: Sentence) -> float:
         """How well a passage sentence answers the question: cosine plus idf-weighted keyword overlap,
@@ -79,9 +80,8 @@ class Grounder:
         return max((self.relevance(s) for s in self.sentences), default=0.0)
 
     def top_sentences(self, k: int, per_passage: int | None = None) -> list[Sentence]:
-        ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
         out, per = [], {}
-        for s in ranked:
+        for s in self.ranked:
             if per_passage and per.get(s.n, 0) >= per_passage:
                 continue
             if any(s.text == o.text for o in out):

@@ -173,7 +173,9 @@ class ScriptedEngine:
         self.reply = reply
 
     def stream(self, messages, params):
-        yield from self.reply.split(" ")[:1] + [" " + w for w in self.reply.split(" ")[1:]]
+        first, *rest = self.reply.split(" ")
+        yield first
+        yield from (" " + w for w in rest)
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 3 + 1
@@ -191,7 +193,7 @@ QLORA_Q = "How much GPU memory did QLoRA need to fine-tune a 65B model?"
 def test_a_generated_sentence_must_restate_a_passage_sentence_that_answers_the_question(rag):
     llm = rag.settings.llm
     g = rag.prepare("atlas-rag", [{"role": "user", "content": QLORA_Q}]).grounder
-    ranked = sorted((s for s in g.sentences if id(s) in g.rank), key=lambda s: g.rank[id(s)])
+    ranked = g.ranked
     top = llm.grounding_top_sentences
     assert g.support(f"{ranked[0].text} [{ranked[0].n}]", llm.grounding_overlap, llm.grounding_similarity, top)[0]
     # a sentence the passages state, far down the question's ranking: true, and supported without the gate...
