@@ -238,6 +238,64 @@ def bench_serve(settings: Settings, url, seconds, clients, out) -> None:
     click.echo(run_bench(settings, url, seconds, clients, settings.path(out)))
 
 
+def _probe(settings: Settings) -> None:
+    """Load the native engine in a child and generate a few tokens; exit with the probe's one line if it dies."""
+    from serve.engines.probe import probe_command, run_probe
+
+    result = run_probe(probe_command(settings))
+    if not result.ok:
+        raise click.ClickException(result.message)
+
+
+@cli.command()
+@click.option("--build-only", is_flag=True, help="Only check the installed llama.cpp build (no AMX); used by `make install`.")
+@click.option("--no-probe", is_flag=True, help="Skip the engine probe.")
+@pass_settings
+def doctor(settings: Settings, build_only: bool, no_probe: bool) -> None:
+    """Print what a bug report needs: versions, llama.cpp's build, AMX flags, models, the index, the engine probe."""
+    from .doctor import DoctorError, check_build, cpu_amx_flags, report
+
+    if build_only:
+        try:
+            info = check_build()
+        except DoctorError as e:
+            raise click.ClickException(str(e)) from e
+        click.echo(f"llama.cpp build ok (no AMX; CPU advertises: {' '.join(cpu_amx_flags()) or 'no AMX'}): {info}")
+        return
+    lines, problems = report(settings, probe=not no_probe)
+    click.echo("\n".join(lines))
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+@bench.command("decode")
+@click.option("--build", "builds", multiple=True, help="NAME=DIR[:no-extra-bufts]: a `pip install --target DIR` copy of "
+              "llama-cpp-python (DIR empty = the installed one). Default: the installed build alone.")
+@click.option("--tokens", default=128, show_default=True)
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench-decode.json"), show_default=True)
+@pass_settings
+def bench_decode(settings: Settings, builds, tokens, rounds, out) -> None:
+    """Decode tokens/s of llama.cpp builds on the configured GGUF, interleaved in one run (ratios to the first)."""
+    import json
+
+    from serve.bench_decode import compare, parse_build
+    from serve.engines import bundled_gguf
+
+    try:
+        specs = [parse_build(b) for b in builds] or [("installed", "", True)]
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from e
+    model = str(bundled_gguf() if settings.llm.model == "bundled" else settings.path(settings.llm.model))
+    result = compare(specs, model, tokens, rounds, settings.llm.n_threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": model, "tokens": tokens, "rounds": rounds, "builds": result}, indent=1))
+    click.echo(f"{'build':<12} {'tokens/s':>9} {'ratio':>6}  runs")
+    for name, r in result.items():
+        click.echo(f"{name:<12} {r['tokens_per_s']:>9.1f} {r['ratio']:>6.3f}  {r['runs']}")
+    click.echo(f"written: {out}")
+
+
 def _llm_overrides(settings: Settings, engine: str | None, model: str | None, base_url: str | None) -> Settings:
     update = {k: v for k, v in {"engine": engine, "model": model, "base_url": base_url}.items() if v}
     return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)}) if update else settings
@@ -259,6 +317,7 @@ def serve(settings: Settings, engine, model, base_url, host, port) -> None:
 
     settings = _llm_overrides(settings, engine, model, base_url)
     host, port = host or settings.serve.host, port or settings.serve.port
+    _probe(settings)  # before uvicorn binds: a native crash becomes one line, not a dead server
     app = create_app(settings)
     click.echo(f"ftatlas: serving on http://{host}:{port}/ (UI) and http://{host}:{port}/v1 (API), engine {settings.llm.engine}")
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -280,6 +339,7 @@ def ask(settings: Settings, question: str, mode: str, engine, max_tokens) -> Non
     from serve import RagEngine
 
     settings = _llm_overrides(settings, engine, None, None)
+    _probe(settings)
     run_ingest(settings, progress=False)
     rag = RagEngine(settings)
     try:

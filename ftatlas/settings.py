@@ -45,6 +45,8 @@ class LLMSettings(BaseModel):
     api_key: str = Field("not-needed", description="API key for the openai engine.")
     n_ctx: int = Field(8192, description="Context window in tokens (llama.cpp's own default of 512 is far too small).")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; None lets it choose.")
+    isolate: bool = Field(True, description="Run llama.cpp in a child process: a native crash there leaves the server "
+                          "up, and /health names the signal.")
     adapter: Path | None = Field(None, description="LoRA adapter folder (peft layout) served as atlas-rag-lora.")
     max_tokens: int = Field(200, description="Default answer length in tokens.")
     temperature: float = Field(0.0, description="Default sampling temperature (0 = greedy).")

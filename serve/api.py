@@ -150,6 +150,9 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
     @app.get("/health")
     def health():
         if state.rag is not None:
+            problem = state.rag.engine_problem()
+            if problem:  # the engine died after start-up: say why; the routes that need no engine still answer
+                return JSONResponse({"status": "error", "error": problem, "engine": settings.llm.engine}, 503)
             return {"status": "ok", "chunks": state.rag.retriever.chunk_count(), "engine": settings.llm.engine}
         status = "error" if state.error else "loading"
         return JSONResponse({"status": status, "error": state.error}, 503)

@@ -257,6 +257,15 @@ class RagEngine:
         except EngineUnavailable:
             return False
 
+    def engine_problem(self) -> str | None:
+        """Why a loaded engine cannot answer now (e.g. its process died by a signal), or None. Never generates."""
+        for engine in list(self._engines.values()):
+            problem = getattr(engine, "problem", None)
+            why = problem() if problem else None
+            if why:
+                return why
+        return None
+
     def close(self) -> None:
         for engine in self._engines.values():
             engine.close()

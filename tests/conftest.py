@@ -59,7 +59,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def rag(corpus_index, embedder):
+def engine_probe(corpus_settings):
+    """The CLI's start-up probe, once: if the native engine dies in a child, every test that generates fails with
+    the probe's one line (pytest caches a session fixture's error), and the rest of the suite still runs."""
+    from serve.engines.probe import probe_command, run_probe
+
+    result = run_probe(probe_command(corpus_settings))
+    if not result.ok:
+        pytest.fail(result.message, pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def rag(engine_probe, corpus_index, embedder):
     """One RagEngine over the corpus index with the real bundled llama.cpp model, shared by the session."""
     from serve import RagEngine
 
@@ -100,7 +112,7 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
-def live_server(corpus_index, rag, embedder):
+def live_server(engine_probe, corpus_index, rag, embedder):
     """The real app (API + UI) over the session's index and engine, on a real port."""
     from serve import create_app
 

@@ -1,4 +1,4 @@
-"""The embedded default: a GGUF model run in-process by llama-cpp-python on the CPU."""
+"""The embedded default: a GGUF model run by llama-cpp-python on the CPU, in a child process unless llm.isolate is off."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ class LlamaCppEngine:
             path = settings.path(llm.adapter)
             validate_adapter(path, self.model_path)  # AdapterError: missing files, wrong base, not safetensors
             lora = str(gguf_adapter(path, self.model_path))
+        self.process = None
         try:
+            if llm.isolate:
+                from .worker import ProcessLlama
+
+                self.process = ProcessLlama(str(self.model_path), llm.n_ctx, llm.n_threads, lora)
+                self.n_ctx = self.process.n_ctx
+                return
             self.llm = Llama(
                 model_path=str(self.model_path), n_ctx=llm.n_ctx, n_threads=llm.n_threads, lora_path=lora,
                 verbose=False, seed=0,
@@ -36,9 +43,14 @@ class LlamaCppEngine:
         self._lock = threading.Lock()  # one model, one request at a time: others queue here
 
     def count_tokens(self, text: str) -> int:
+        if self.process:
+            return self.process.count_tokens(text)
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
+        if self.process:
+            yield from self.process.stream(messages, params)
+            return
         with self._lock:
             self.llm.reset()
             for chunk in self.llm.create_chat_completion(
@@ -50,7 +62,14 @@ class LlamaCppEngine:
                     yield delta
 
     def ready(self) -> bool:
-        return True
+        return self.problem() is None
+
+    def problem(self) -> str | None:
+        """Why the engine cannot answer now (its child process died, and how), or None."""
+        return self.process.check() if self.process else None
 
     def close(self) -> None:
-        self.llm.close() if hasattr(self.llm, "close") else None
+        if self.process:
+            self.process.close()
+        elif hasattr(self.llm, "close"):
+            self.llm.close()
