@@ -27,6 +27,10 @@ class Question:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def chat(self) -> list[dict]:
+        """The conversation as a client sends it: the earlier turns, then the question."""
+        return [*self.history, {"role": "user", "content": self.question}]
+
 
 def load_questions(path: Path) -> list[Question]:
     """Rows of a questions JSONL file; a bad line is named in the error, with what is wrong in it."""
@@ -51,8 +55,11 @@ def load_questions(path: Path) -> list[Question]:
 
 
 def parse_row(row, where: str) -> Question:
-    """One checked question. Example: {'id': 't1', 'question': 'Q?', 'answer': 'A.', 'language': 'en',
-    'doc_ids': ['lora'], 'answerable': True, 'category': 'lookup'} -> Question('t1', 'Q?', 'A.', 'en', ['lora'], ...)."""
+    """One checked question, or FinetuneError naming `where` and what is wrong.
+
+    Example: {'id': 't1', 'question': 'Q?', 'answer': 'A.', 'doc_ids': ['lora'], 'category': 'lookup'}
+    -> Question('t1', 'Q?', 'A.', 'en', ['lora'], True, 'curated', 'lookup', []).
+    """
     if not isinstance(row, dict):
         raise FinetuneError(f"{where}: a training question must be a JSON object, got {type(row).__name__}")
     for key in ("id", "question", "category"):
@@ -94,7 +101,8 @@ def parse_history(turns, where: str) -> list[dict]:
     for i, turn in enumerate(turns):
         if (not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str)
                 or not turn["content"].strip()):
-            raise FinetuneError(f"{where}: history turn {i} needs role user|assistant and non-empty content, got {turn!r}")
+            raise FinetuneError(f"{where}: history turn {i} needs role user|assistant and non-empty content, "
+                                f"got {turn!r}")
         if turn["role"] != ROLES[i % 2]:
             raise FinetuneError(f"{where}: history turn {i} should be {ROLES[i % 2]!r}: turns alternate, user first")
         out.append({"role": turn["role"], "content": turn["content"]})

@@ -28,7 +28,7 @@ from finetune.train import make_trainer
 from ftatlas.settings import load_settings
 from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages, split_sentences
-from serve.rag import question_language
+from serve.rag import question_language, retrieval_query
 from serve.retrieval import Passage, RetrievalOptions, Retriever
 
 from conftest import REPO
@@ -70,11 +70,17 @@ def generator_transport(request: httpx.Request) -> httpx.Response:
                                                   "message": {"role": "assistant", "content": content}}]})
 
 
+def history_of(meta: dict) -> list[dict]:
+    """The earlier turns a curated follow-up was asked after; none for the other questions."""
+    q = {q.id: q for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl")}.get(meta["id"])
+    return q.history if q else []
+
+
 def curated_subset() -> list[Question]:
     """Answerable questions spread over the documents, the unanswerable ones, and three that must be dropped."""
     qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
-    answerable = [q for q in qs if q.answerable][::8]
-    unanswerable = [q for q in qs if not q.answerable][::4]
+    answerable = [q for q in qs if q.answerable][::16]
+    unanswerable = [q for q in qs if not q.answerable][::12]
     leaks = [Question("leak-exact", LEAK_EXACT, "Biases.", "en", ["bitfit"]),
              Question("leak-near", LEAK_NEAR, "Biases.", "en", ["bitfit"])]
     dup = Question("dup", answerable[0].question.upper() + "  ", answerable[0].answer, answerable[0].language,
@@ -303,17 +309,19 @@ def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(bui
         m = r["meta"]
         whole = [Passage(p["id"], p["doc_id"], chunks[p["id"]][1]["title"], chunks[p["id"]][1].get("section") or "",
                          "", chunks[p["id"]][0], 0.0) for p in m["passages"]]
+        history = history_of(m)
+        query = retrieval_query([*history, {"role": "user", "content": m["question"]}])  # what the server searches
         # The model reads what the server's `reading` makes of the retrieved chunks: each cut to its best sentences.
-        passages, _ = reading(embedder, m["question"], whole, retriever.search_query(m["question"]))
+        passages, _ = reading(embedder, m["question"], whole, retriever.search_query(query))
         if len(whole) == ft_settings.finetune.distractors + 1:  # nothing dropped for length: the very same prompt
             full_sets += 1
-            assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"])
-        user = r["messages"][1]["content"]
+            assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"], history)
+        user = r["messages"][1 + len(history)]["content"]
         for chunk in whole:  # each chunk shown whole when short, else as at most 4 of its sentences, in order
             sentences = split_sentences(chunk.text)
             shown = [s for s in sentences if s in user]
             assert chunk.text in user if len(sentences) <= 4 else (0 < len(shown) <= 4 and "\n".join(shown) in user)
-        assert [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
+        assert [x["role"] for x in r["messages"]] == ["system", *(t["role"] for t in history), "user", "assistant"]
         target = r["messages"][-1]["content"]
         if m["kind"] == "oracle":
             n = m["oracle"]
@@ -329,13 +337,28 @@ def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(bui
     assert full_sets >= 5  # the exact comparison ran on a fair share of the examples
 
 
+def test_follow_ups_are_trained_with_their_history_as_the_server_sees_them(built):
+    _, _, rows = built
+    follow_ups = [r for r in rows if history_of(r["meta"])]
+    assert len(follow_ups) >= 2
+    for r in follow_ups:
+        history, m = history_of(r["meta"]), r["meta"]
+        # the earlier turns sit between the system prompt and the question, as in a served conversation
+        assert r["messages"][1:1 + len(history)] == history
+        assert r["messages"][1 + len(history)]["content"].endswith(f"Question: {m['question']}")
+    # and their passages were retrieved for the previous question plus this one, as the server searches
+    # (test_distractors_are_the_retrievers_top_hits_from_other_documents checks the ranking)
+    assert retrieval_query([*history, {"role": "user", "content": "And memory?"}]) == f"{history[-2]['content']} And memory?"
+
+
 def test_distractors_are_the_retrievers_top_hits_from_other_documents(built, retriever, ft_settings):
     _, _, rows = built
     k = ft_settings.finetune.distractors + 1 + EXTRA_CANDIDATES
     assert sum(len(r["meta"]["passages"]) > 1 for r in rows) > len(rows) / 2
     for r in rows:
         m = r["meta"]
-        hits = retriever.retrieve(m["question"], RetrievalOptions(mode=ft_settings.retrieval.mode, top_k=k))
+        query = retrieval_query([*history_of(m), {"role": "user", "content": m["question"]}])
+        hits = retriever.retrieve(query, RetrievalOptions(mode=ft_settings.retrieval.mode, top_k=k))
         ranked = [h.id for h in hits if h.doc_id not in m["doc_ids"]]
         distractors = [p for i, p in enumerate(m["passages"], 1) if i != m["oracle"]]
         assert all(p["doc_id"] not in m["doc_ids"] for p in distractors)
