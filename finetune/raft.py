@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages
+from serve.rag import retrieval_query
 from serve.retrieval import Passage, RetrievalOptions
 
 from .overlap import tokens
@@ -73,12 +74,15 @@ class RaftBuilder:
         self.mode = mode
 
     def oracle(self, q: Question) -> tuple[Passage | None, float]:
-        hits = self.retriever.retrieve(q.question, RetrievalOptions(mode=self.mode, top_k=ORACLE_CANDIDATES, doc_ids=q.doc_ids))
+        hits = self.retriever.retrieve(retrieval_query(q.chat()),
+                                       RetrievalOptions(mode=self.mode, top_k=ORACLE_CANDIDATES, doc_ids=q.doc_ids))
         return pick_oracle(q.answer, hits)
 
     def distractors(self, q: Question, k: int) -> list[Passage]:
-        """The retriever's top hits for the question from documents other than its own, best first."""
-        hits = self.retriever.retrieve(q.question, RetrievalOptions(mode=self.mode, top_k=k + EXTRA_CANDIDATES))
+        """The retriever's top hits for the question (with its history, as the server searches) from documents other
+        than its own, best first."""
+        hits = self.retriever.retrieve(retrieval_query(q.chat()),
+                                       RetrievalOptions(mode=self.mode, top_k=k + EXTRA_CANDIDATES))
         return [p for p in hits if p.doc_id not in q.doc_ids][:k]
 
     def build(self, q: Question, drop_oracle: bool) -> tuple[Example | None, str]:
@@ -98,7 +102,8 @@ class RaftBuilder:
         rng = random.Random(f"{self.seed}:{q.id}")
         order = rng.sample(passages, len(passages))
         # The server trims every passage to its most relevant sentences before the model reads them; so do we.
-        trimmed, _ = reading(self.retriever.embedder, q.question, order, self.retriever.search_query(q.question))
+        search = self.retriever.search_query(retrieval_query(q.chat()))
+        trimmed, _ = reading(self.retriever.embedder, q.question, order, search)
         by_id = {p.id: t for p, t in zip(order, trimmed)}
         order = trimmed
         distractors = [by_id[p.id] for p in distractors]
@@ -119,7 +124,7 @@ class RaftBuilder:
 
     def _example(self, q: Question, lang: str, kind: str, order: list[Passage], oracle: Passage | None,
                  overlap: float | None) -> Example:
-        messages = build_messages(q.question, order, lang)
+        messages = build_messages(q.question, order, lang, q.history)  # a follow-up carries its earlier turns
         n = order.index(oracle) + 1 if oracle is not None else None
         target = cite(q.answer, n) if n else NO_ANSWER[lang]
         messages.append({"role": "assistant", "content": target})

@@ -37,6 +37,18 @@ def question_language(text: str) -> str:
     return "ru" if is_russian(text) else "en"
 
 
+def retrieval_query(messages: list[dict]) -> str:
+    """What retrieval searches for: the last question, with the previous user turn when it is a follow-up.
+
+    The fine-tuning data retrieves its passages the same way. Example: [user 'What is QLoRA?', assistant '4-bit
+    base.', user 'And memory?'] -> 'What is QLoRA? And memory?'.
+    """
+    users = [m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    if not users:
+        raise BadRequest("messages must contain a user message with text content")
+    return users[-1] if len(users) == 1 else f"{users[-2]} {users[-1]}"
+
+
 class RagEngine:
     """The one answering path shared by the API, the UI and the CLI."""
 
@@ -77,11 +89,7 @@ class RagEngine:
 
     # -- preparing -----------------------------------------------------------------------------------------
     def retrieval_query(self, messages: list[dict]) -> str:
-        """The last question, with the previous user turn when it is a follow-up (short, or a conversation)."""
-        users = [m["content"] for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
-        if not users:
-            raise BadRequest("messages must contain a user message with text content")
-        return users[-1] if len(users) == 1 else f"{users[-2]} {users[-1]}"
+        return retrieval_query(messages)
 
     def prepare(self, model: str, messages: list[dict], retrieval: dict | None = None, max_tokens: int | None = None) -> Prepared:
         spec = self.spec(model)

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from finetune import (AdapterError, FinetuneError, GeneratorOptions, build_data, convert_to_gguf, gguf_adapter, train,
                       validate_adapter)
@@ -21,12 +22,13 @@ from finetune.data import CARD, TRAIN, VALIDATION, data_hash, read_split
 from finetune.generate import generate_questions, parse_pairs
 from finetune.gguf_lora import permute
 from finetune.overlap import EvalGuard, dedupe, jaccard, normalise, tokens
-from finetune.questions import Question, load_questions
+from finetune.questions import CATEGORIES, Question, load_questions
 from finetune.raft import EXTRA_CANDIDATES, MIN_TRIMMED_OVERLAP, answer_overlap, cite
 from finetune.train import make_trainer
 from ftatlas.settings import load_settings
 from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages, split_sentences
+from serve.rag import question_language, retrieval_query
 from serve.retrieval import Passage, RetrievalOptions, Retriever
 
 from conftest import REPO
@@ -68,11 +70,17 @@ def generator_transport(request: httpx.Request) -> httpx.Response:
                                                   "message": {"role": "assistant", "content": content}}]})
 
 
+def history_of(meta: dict) -> list[dict]:
+    """The earlier turns a curated follow-up was asked after; none for the other questions."""
+    q = {q.id: q for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl")}.get(meta["id"])
+    return q.history if q else []
+
+
 def curated_subset() -> list[Question]:
     """Answerable questions spread over the documents, the unanswerable ones, and three that must be dropped."""
     qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
-    answerable = [q for q in qs if q.answerable][::8]
-    unanswerable = [q for q in qs if not q.answerable][::4]
+    answerable = [q for q in qs if q.answerable][::16]
+    unanswerable = [q for q in qs if not q.answerable][::12]
     leaks = [Question("leak-exact", LEAK_EXACT, "Biases.", "en", ["bitfit"]),
              Question("leak-near", LEAK_NEAR, "Biases.", "en", ["bitfit"])]
     dup = Question("dup", answerable[0].question.upper() + "  ", answerable[0].answer, answerable[0].language,
@@ -185,10 +193,88 @@ def test_permute_matches_llama_cpp_rope_row_order():
 # ---------------------------------------------------------------- training data
 
 
+def eval_sets() -> list[Path]:
+    """The dev set, and the held-out set once it is in the tree: training questions must stay clear of both."""
+    return [p for p in (REPO / "evals" / "questions.jsonl", REPO / "evals" / "heldout.jsonl") if p.is_file()]
+
+
 def test_curated_training_questions_are_disjoint_from_evals():
-    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl")
-    leaks = {q.id: guard.match(q.question) for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl")}
-    assert {k: v for k, v in leaks.items() if v} == {}
+    qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
+    for path in eval_sets():
+        guard = EvalGuard.from_file(path)
+        leaks = {q.id: guard.match(q.question) for q in qs}
+        assert {k: v for k, v in leaks.items() if v} == {}, path.name
+    assert len(dedupe([q.question for q in qs])) == len(qs)  # no two curated questions collapse into one
+
+
+def test_curated_questions_cover_every_document_category_and_language():
+    qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
+    manifest = {d["id"] for d in yaml.safe_load((REPO / "corpus" / "manifest.yaml").read_text())["documents"]}
+    assert {d for q in qs for d in q.doc_ids} == manifest  # every document is asked about, no unknown ids
+    assert {q.category for q in qs} == set(CATEGORIES)
+    assert [q.id for q in qs if question_language(q.question) != q.language] == []
+    for lang in ("en", "ru"):
+        assert {q.category for q in qs if q.language == lang} == set(CATEGORIES), lang
+    follow_ups = [q for q in qs if q.category == "follow-up"]
+    assert all(q.history[-1]["role"] == "assistant" and q.answerable for q in follow_ups)
+    # the history is the same language as the question it leads to
+    assert [q.id for q in follow_ups if {question_language(t["content"]) for t in q.history[::2]} != {q.language}] == []
+
+
+GOOD_ROW = {"id": "t1", "question": "And how much memory does it save?", "answer": "About 3 GB on a 65B model.",
+            "language": "en", "doc_ids": ["qlora"], "answerable": True, "category": "follow-up",
+            "history": [{"role": "user", "content": "What is double quantization?"},
+                        {"role": "assistant", "content": "QLoRA quantizes the quantization constants too."}]}
+
+
+def write_rows(tmp_path, *rows) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def test_questions_load_with_category_and_history(tmp_path):
+    unanswerable = {"id": "t2", "question": "What is the default LoRA rank in Axolotl?", "answer": "Not stated.",
+                    "language": "en", "doc_ids": [], "answerable": False, "category": "unanswerable"}
+    q, u = load_questions(write_rows(tmp_path, GOOD_ROW, "", unanswerable))
+    assert (q.category, q.history, q.doc_ids) == ("follow-up", GOOD_ROW["history"], ["qlora"])
+    assert (u.category, u.history, u.answerable) == ("unanswerable", [], False)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"category": None}, "missing or empty 'category'"),
+    ({"category": "trivia"}, "category 'trivia' is not one of lookup, figure"),
+    ({"answerable": "false"}, "'answerable' must be true or false"),
+    ({"answerable": False}, "category 'unanswerable' and answerable: false go together"),
+    ({"category": "unanswerable", "history": None}, "category 'unanswerable' and answerable: false go together"),
+    ({"doc_ids": "qlora"}, "'doc_ids' must be a list of document ids"),
+    ({"doc_ids": []}, "an answerable question needs doc_ids and an answer"),
+    ({"answer": " "}, "an answerable question needs doc_ids and an answer"),
+    ({"history": None}, "a follow-up needs a history, and only a follow-up has one"),
+    ({"category": "lookup"}, "a follow-up needs a history, and only a follow-up has one"),
+    ({"history": "What is QLoRA?"}, "'history' must be a list"),
+    ({"history": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]}, "history turn 0 needs role"),
+    ({"history": [{"role": "user", "content": ""}]}, "history turn 0 needs role user|assistant and non-empty content"),
+    ({"history": [{"role": "assistant", "content": "x"}]}, "history turn 0 should be 'user'"),
+    ({"history": [{"role": "user", "content": "What is QLoRA?"}]}, "history must end with the assistant's answer"),
+])
+def test_a_bad_question_row_is_refused_with_its_line_and_reason(tmp_path, change, message):
+    row = {**GOOD_ROW, **change}
+    path = write_rows(tmp_path, GOOD_ROW | {"id": "t0"}, {k: v for k, v in row.items() if v is not None})
+    with pytest.raises(FinetuneError, match=re.escape(f"{path}:2: {message}")):
+        load_questions(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ('["a", "list"]', "a training question must be a JSON object, got list"),
+    (json.dumps(GOOD_ROW), "id 't1' is already used on line 1"),
+])
+def test_malformed_lines_and_repeated_ids_are_refused(tmp_path, line, message):
+    path = write_rows(tmp_path, GOOD_ROW, line)
+    with pytest.raises(FinetuneError, match=re.escape(f"{path}:2: {message}")):
+        load_questions(path)
 
 
 def test_builder_drops_eval_leaks_and_duplicates(built):
@@ -223,17 +309,19 @@ def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(bui
         m = r["meta"]
         whole = [Passage(p["id"], p["doc_id"], chunks[p["id"]][1]["title"], chunks[p["id"]][1].get("section") or "",
                          "", chunks[p["id"]][0], 0.0) for p in m["passages"]]
+        history = history_of(m)
+        query = retrieval_query([*history, {"role": "user", "content": m["question"]}])  # what the server searches
         # The model reads what the server's `reading` makes of the retrieved chunks: each cut to its best sentences.
-        passages, _ = reading(embedder, m["question"], whole, retriever.search_query(m["question"]))
+        passages, _ = reading(embedder, m["question"], whole, retriever.search_query(query))
         if len(whole) == ft_settings.finetune.distractors + 1:  # nothing dropped for length: the very same prompt
             full_sets += 1
-            assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"])
-        user = r["messages"][1]["content"]
+            assert r["messages"][:-1] == build_messages(m["question"], passages, m["language"], history)
+        user = r["messages"][1 + len(history)]["content"]
         for chunk in whole:  # each chunk shown whole when short, else as at most 4 of its sentences, in order
             sentences = split_sentences(chunk.text)
             shown = [s for s in sentences if s in user]
             assert chunk.text in user if len(sentences) <= 4 else (0 < len(shown) <= 4 and "\n".join(shown) in user)
-        assert [x["role"] for x in r["messages"]] == ["system", "user", "assistant"]
+        assert [x["role"] for x in r["messages"]] == ["system", *(t["role"] for t in history), "user", "assistant"]
         target = r["messages"][-1]["content"]
         if m["kind"] == "oracle":
             n = m["oracle"]
@@ -249,13 +337,28 @@ def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(bui
     assert full_sets >= 5  # the exact comparison ran on a fair share of the examples
 
 
+def test_follow_ups_are_trained_with_their_history_as_the_server_sees_them(built):
+    _, _, rows = built
+    follow_ups = [r for r in rows if history_of(r["meta"])]
+    assert len(follow_ups) >= 2
+    for r in follow_ups:
+        history, m = history_of(r["meta"]), r["meta"]
+        # the earlier turns sit between the system prompt and the question, as in a served conversation
+        assert r["messages"][1:1 + len(history)] == history
+        assert r["messages"][1 + len(history)]["content"].endswith(f"Question: {m['question']}")
+    # and their passages were retrieved for the previous question plus this one, as the server searches
+    # (test_distractors_are_the_retrievers_top_hits_from_other_documents checks the ranking)
+    assert retrieval_query([*history, {"role": "user", "content": "And memory?"}]) == f"{history[-2]['content']} And memory?"
+
+
 def test_distractors_are_the_retrievers_top_hits_from_other_documents(built, retriever, ft_settings):
     _, _, rows = built
     k = ft_settings.finetune.distractors + 1 + EXTRA_CANDIDATES
     assert sum(len(r["meta"]["passages"]) > 1 for r in rows) > len(rows) / 2
     for r in rows:
         m = r["meta"]
-        hits = retriever.retrieve(m["question"], RetrievalOptions(mode=ft_settings.retrieval.mode, top_k=k))
+        query = retrieval_query([*history_of(m), {"role": "user", "content": m["question"]}])
+        hits = retriever.retrieve(query, RetrievalOptions(mode=ft_settings.retrieval.mode, top_k=k))
         ranked = [h.id for h in hits if h.doc_id not in m["doc_ids"]]
         distractors = [p for i, p in enumerate(m["passages"], 1) if i != m["oracle"]]
         assert all(p["doc_id"] not in m["doc_ids"] for p in distractors)
