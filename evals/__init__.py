@@ -11,9 +11,9 @@ from .aggregate import summarize
 from .backends import Backend, http, in_process
 from .configs import BASELINE, Config, all_configs, select
 from .errors import EvalError
-from .gate import GateResult, gate_metrics, measure, run_gate, write_thresholds
-from .gold import Question, load_questions
-from .report import new_run_id, table, write_report
+from .gate import GateResult, gate_metrics, measure, measure_sets, run_gate, write_thresholds
+from .gold import SETS, Question, load_questions, load_sets
+from .report import new_run_id, set_rows, table, write_report
 from .runner import Run, evaluate, execute
 
 INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C
@@ -24,15 +24,18 @@ SHOWN = ("hit@5", "mrr", "context_fact_recall@5", "fact_recall", "token_f1", "ci
 def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = None, configs: list[str] | None = None,
              judge_endpoint: str | None = None, judge_model: str | None = None, judge_api_key: str | None = None,
              limit: int | None = None, retrieval_only: bool = False, progress: bool = True, embedder=None,
-             backend: Backend | None = None, reports_dir: Path | None = None) -> tuple[Run, Path]:
-    """Run the gold set through the chosen configurations and write reports/<run-id>/; returns the run and its folder.
+             backend: Backend | None = None, reports_dir: Path | None = None, sets: str = "dev") -> tuple[Run, Path]:
+    """Run the chosen gold sets (dev, heldout or all) through the chosen configurations and write reports/<run-id>/;
+    returns the run and its folder. `limit` takes the first N questions of each set.
 
     `backend` replaces the in-process engine or endpoint (tests pass one with a stand-in `complete`).
     """
     from ingest.embedder import BUNDLED, Embedder
 
-    questions = load_questions(settings.path(settings.evals.questions))
-    asked = questions[:limit] if limit else questions
+    questions = load_sets(settings, sets)
+    asked = questions
+    if limit:
+        asked = [q for name in SETS for q in [x for x in questions if x.gold_set == name][:limit]]
     sim_embedder = embedder or Embedder(BUNDLED, settings.ingest.device)
     if backend is None:
         retrieval_embedder = sim_embedder if settings.ingest.embed_model == BUNDLED else None
@@ -66,7 +69,7 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
         run.notes.append(adapter_note(settings.path(lora)))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,
             temperature=0.0, progress=progress)
-    full = run.answers and len(asked) == len(questions)
+    full = run.answers and len(asked) == len(questions) and sets in ("dev", "all")  # latest stays a dev-set report
     folder = write_report(run, reports, latest=full)
     if lora and run.answers:
         record_in_run(settings.path(lora), folder, run.records)
@@ -76,13 +79,14 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
 def cli_main(settings, *, endpoint: str | None = None, api_key: str | None = None, configs: str | None = None,
              judge_endpoint: str | None = None, judge_model: str | None = None, judge_api_key: str | None = None,
              limit: int | None = None, retrieval_only: bool = False, gate: bool = False, write_thresholds: bool = False,
-             quiet: bool = False, echo: Callable[[str], None] = print) -> int:
-    """`ftatlas eval`: a full run, the retrieval gate (gate=True) or new gate thresholds; returns the exit code."""
+             gold_set: str = "dev", quiet: bool = False, echo: Callable[[str], None] = print) -> int:
+    """`ftatlas eval`: a run over the chosen sets, the retrieval gate (gate=True, both sets) or new gate thresholds;
+    returns the exit code."""
     if write_thresholds:
         path = settings.path(settings.evals.thresholds)
-        retrieval, metrics = gating.measure(settings)
+        retrieval, metrics = gating.measure_sets(settings)
         data = gating.write_thresholds(metrics, path, retrieval=retrieval)
-        echo(f"wrote {path}: {data['thresholds']}")
+        echo(f"wrote {path}: dev {data['thresholds']}, heldout {data['heldout']['thresholds']}")
         return 0
     if gate:
         result = gating.run_gate(settings)
@@ -91,8 +95,8 @@ def cli_main(settings, *, endpoint: str | None = None, api_key: str | None = Non
     names = [c.strip() for c in configs.split(",") if c.strip()] if configs else None
     run, folder = run_eval(settings, endpoint=endpoint, api_key=api_key, configs=names, judge_endpoint=judge_endpoint,
                            judge_model=judge_model, judge_api_key=judge_api_key, limit=limit, retrieval_only=retrieval_only,
-                           progress=not quiet)
-    echo(table(summarize(run.records), ("config", "n"), SHOWN))
+                           progress=not quiet, sets=gold_set)
+    echo(table(set_rows(summarize(run.records, ("set", "config"))), ("config", "set", "n"), SHOWN))
     if run.status == "interrupted":
         echo(f"interrupted: partial report ({len(run.records)} question runs) in {folder}")
         return INTERRUPTED
@@ -101,5 +105,5 @@ def cli_main(settings, *, endpoint: str | None = None, api_key: str | None = Non
 
 
 __all__ = ["BASELINE", "Backend", "Config", "EvalError", "GateResult", "Question", "Run", "cli_main", "evaluate", "execute",
-           "gate_metrics", "http", "in_process", "load_questions", "measure", "run_eval", "run_gate", "write_report",
-           "write_thresholds"]
+           "gate_metrics", "http", "in_process", "load_questions", "load_sets", "measure", "measure_sets", "run_eval",
+           "run_gate", "write_report", "write_thresholds"]

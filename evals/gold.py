@@ -1,4 +1,5 @@
-"""The gold question set: load and validate evals/questions.jsonl, and read the corpus text its answers come from."""
+"""The gold question sets (dev: evals/questions.jsonl, heldout: evals/heldout.jsonl): load and validate them, and read
+the corpus text their answers come from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .errors import EvalError
 
 REQUIRED = ("id", "question", "language", "category", "reference", "facts", "gold_doc_ids", "refuse")
 LANGUAGES = ("en", "ru")
+SETS = ("dev", "heldout")  # dev is tuned on; heldout never is
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Question:
     refuse: bool
     gold_section: str | None = None
     history: tuple[dict, ...] = field(default_factory=tuple)
+    gold_set: str = "dev"  # which of SETS the question belongs to
 
     def messages(self) -> list[dict]:
         """What a chat client sends: the earlier turns, then the question."""
@@ -39,7 +42,7 @@ def retrieval_query(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
-def parse_question(obj: dict, where: str) -> Question:
+def parse_question(obj: dict, where: str, gold_set: str = "dev") -> Question:
     """One JSON object -> Question, or EvalError naming `where` and what is wrong."""
     missing = [k for k in REQUIRED if k not in obj]
     if missing:
@@ -58,11 +61,11 @@ def parse_question(obj: dict, where: str) -> Question:
         raise EvalError(f"{where}: history turns need role user|assistant and a content string")
     return Question(
         str(obj["id"]), obj["question"], obj["language"], obj["category"], obj["reference"], tuple(obj["facts"]),
-        tuple(obj["gold_doc_ids"]), bool(obj["refuse"]), obj.get("gold_section"), history,
+        tuple(obj["gold_doc_ids"]), bool(obj["refuse"]), obj.get("gold_section"), history, gold_set,
     )
 
 
-def load_questions(path: Path) -> list[Question]:
+def load_questions(path: Path, gold_set: str = "dev") -> list[Question]:
     """All questions of a JSONL gold set, validated; raises EvalError with the file and line of the first problem."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -76,13 +79,34 @@ def load_questions(path: Path) -> list[Question]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise EvalError(f"{path}:{n}: not JSON: {e}") from e
-        out.append(parse_question(obj, f"{path}:{n}"))
+        out.append(parse_question(obj, f"{path}:{n}", gold_set))
     ids = [q.id for q in out]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise EvalError(f"{path}: duplicate ids {dupes}")
     if not out:
         raise EvalError(f"{path}: no questions")
+    return out
+
+
+def set_paths(settings, which: str = "dev") -> dict[str, Path]:
+    """'dev' | 'heldout' | 'all' -> {set name: its gold file}, in SETS order.
+
+    Example: 'all' -> {'dev': <root>/evals/questions.jsonl, 'heldout': <root>/evals/heldout.jsonl}.
+    """
+    files = {"dev": settings.evals.questions, "heldout": settings.evals.heldout}
+    if which != "all" and which not in files:
+        raise EvalError(f"unknown question set {which!r}; choose one of {', '.join((*SETS, 'all'))}")
+    return {name: settings.path(files[name]) for name in SETS if which in (name, "all")}
+
+
+def load_sets(settings, which: str = "dev") -> list[Question]:
+    """The questions of the chosen sets, each tagged with its set; ids must not repeat across sets."""
+    out = [q for name, path in set_paths(settings, which).items() for q in load_questions(path, name)]
+    ids = [q.id for q in out]
+    shared = sorted({i for i in ids if ids.count(i) > 1})
+    if shared:
+        raise EvalError(f"the question sets share ids {shared}; each id must name one question")
     return out
 
 

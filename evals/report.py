@@ -69,8 +69,27 @@ def baseline_delta(rows: list[dict]) -> list[dict]:
 
 
 def summaries(records: list[dict]) -> dict:
-    return {"by_config": summarize(records), "by_language": summarize(records, ("config", "language")),
+    return {"by_config": summarize(records), "by_set": summarize(records, ("set", "config")),
+            "by_set_language": summarize(records, ("set", "config", "language")),
+            "by_language": summarize(records, ("config", "language")),
             "by_category": summarize(records, ("config", "category"))}
+
+
+def set_rows(rows: list[dict]) -> list[dict]:
+    """Rows of several question sets, ordered so each configuration's sets sit side by side.
+
+    Example: [dev/a, dev/b, heldout/a, heldout/b] -> [dev/a, heldout/a, dev/b, heldout/b].
+    """
+    order = {c: i for i, c in enumerate(dict.fromkeys(r["config"] for r in rows))}
+    return sorted(rows, key=lambda r: order[r["config"]])
+
+
+def sets_line(questions) -> str:
+    """How many questions of each set. Example: 84 dev and 76 heldout questions -> 'dev 84, heldout 76'."""
+    counts: dict[str, int] = {}
+    for q in questions:
+        counts[q.gold_set] = counts.get(q.gold_set, 0) + 1
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def markdown(run: Run, summary: dict, charts: list[str]) -> str:
@@ -81,7 +100,7 @@ def markdown(run: Run, summary: dict, charts: list[str]) -> str:
         f"# ftatlas eval {run.id}\n",
         f"- status: **{run.status}** ({len(run.records)} of {len(run.configs) * len(run.questions)} question runs)",
         f"- backend: {run.backend}; answers: {'yes' if run.answers else 'no (retrieval only)'}; judge: {run.judge or 'none'}",
-        f"- {len(run.questions)} questions x {len(run.configs)} configurations; {took:.0f} s",
+        f"- {len(run.questions)} questions ({sets_line(run.questions)}) x {len(run.configs)} configurations; {took:.0f} s",
         *(f"- {n}" for n in run.notes),
         "\n## Retrieval (against gold documents)\n",
         table(rows, ("config", "note", "n"), RETRIEVAL_COLUMNS),
@@ -91,7 +110,10 @@ def markdown(run: Run, summary: dict, charts: list[str]) -> str:
         parts += ["\n### Over the LlamaIndex stock pipeline (difference)\n", table(delta, ("config",), RETRIEVAL_COLUMNS)]
     if run.answers:
         parts += ["\n## Answers\n", table(rows, ("config", "n", "errors"), ANSWER_COLUMNS)]
-    parts += ["\n## By language\n", table(summary["by_language"], ("config", "language", "n"), BREAKDOWN_COLUMNS),
+    parts += ["\n## By question set\n", table(set_rows(summary["by_set"]), ("config", "set", "n"), BREAKDOWN_COLUMNS),
+              "\n## By question set and language\n",
+              table(set_rows(summary["by_set_language"]), ("config", "set", "language", "n"), BREAKDOWN_COLUMNS),
+              "\n## By language\n", table(summary["by_language"], ("config", "language", "n"), BREAKDOWN_COLUMNS),
               "\n## By category\n", table(summary["by_category"], ("config", "category", "n"), BREAKDOWN_COLUMNS)]
     if charts:
         parts += ["\n## Charts\n", *(f"![{c[:-4]}]({c})\n" for c in charts)]
@@ -115,6 +137,7 @@ def write_report(run: Run, reports_dir: Path, latest: bool = True) -> Path:
     charts = write_charts(summary["by_config"], folder)
     data = {"id": run.id, "status": run.status, "backend": run.backend, "answers": run.answers, "judge": run.judge,
             "started": run.started, "finished": run.finished, "questions": [q.id for q in run.questions],
+            "sets": sorted({q.gold_set for q in run.questions}),
             "configs": [asdict(c) for c in run.configs], "notes": run.notes, "summary": summary, "records": run.records}
     tmp = folder / "results.json.tmp"
     tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -38,8 +38,9 @@ def evaluate(q: Question, cfg: Config, backend: Backend, *, baseline=None, embed
              answers: bool = True, max_tokens: int = 160, temperature: float = 0.0) -> dict:
     """One question under one configuration -> a record of its answer, sources, scores and latency."""
     messages = q.messages()
-    rec: dict = {"config": cfg.name, "model": cfg.model, "id": q.id, "language": q.language, "category": q.category,
-                 "refuse": q.refuse, "question": q.question, "metrics": {}, "latency": {}, "error": None}
+    rec: dict = {"config": cfg.name, "model": cfg.model, "set": q.gold_set, "id": q.id, "language": q.language,
+                 "category": q.category, "refuse": q.refuse, "question": q.question, "metrics": {}, "latency": {},
+                 "error": None}
     try:
         passages = None
         t0 = time.perf_counter()

@@ -77,6 +77,15 @@ class _MemoEmbedder:
         return getattr(self.inner, name)
 
 
+def eval_guard(settings) -> EvalGuard:
+    """Every eval question, of the dev and the held-out set: no training example may duplicate one of them."""
+    files = [settings.path(settings.evals.questions), settings.path(settings.evals.heldout)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise FinetuneError(f"eval questions {missing[0]} not found: training data must be checked against them")
+    return EvalGuard.from_file(*files)
+
+
 def build_data(settings, out: Path | None = None, *, questions: list[Question] | None = None,
                generator: GeneratorOptions | None = None, tokenizer=None, embedder=None, progress: bool = True) -> DataCard:
     """Write train.jsonl, validation.jsonl and data_card.json under `out` (default data_dir/finetune)."""
@@ -85,10 +94,7 @@ def build_data(settings, out: Path | None = None, *, questions: list[Question] |
     ft = settings.finetune
     out = Path(out) if out else default_folder(settings)
     qs = list(questions) if questions is not None else load_questions(settings.path(ft.train_questions))
-    eval_file = settings.path(settings.evals.questions)
-    if not eval_file.is_file():
-        raise FinetuneError(f"eval questions {eval_file} not found: training data must be checked against them")
-    guard = EvalGuard.from_file(eval_file)
+    guard = eval_guard(settings)
     if embedder is None:
         from ingest.embedder import Embedder
 

@@ -1,4 +1,4 @@
-"""Near-duplicate detection on questions: keeps the training data provably disjoint from the eval set."""
+"""Near-duplicate detection on questions: keeps the training data provably disjoint from the eval sets (dev and held-out)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ class EvalGuard:
         self.items = [(q.get("id", ""), normalise(q["question"]), tokens(q["question"])) for q in questions]
 
     @classmethod
-    def from_file(cls, path: Path, threshold: float = EVAL_JACCARD) -> "EvalGuard":
-        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    def from_file(cls, *paths: Path, threshold: float = EVAL_JACCARD) -> "EvalGuard":
+        """The questions of one or more eval JSONL files (ids stay unique across them: q001…, h001…)."""
+        rows = [json.loads(line) for path in paths for line in Path(path).read_text(encoding="utf-8").splitlines()
+                if line.strip()]
         return cls(rows, threshold)
 
     def match(self, question: str) -> str | None:

@@ -132,10 +132,12 @@ def corpus_fetch(settings: Settings) -> None:
 @click.option("--judge-endpoint", default=None, help="OpenAI-compatible judge: adds faithfulness and answer correctness.")
 @click.option("--judge-model", default=None, help="Judge model id (default: the first the judge endpoint lists).")
 @click.option("--judge-api-key", default=None, help="Bearer key for --judge-endpoint.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions (reports/latest is left alone).")
+@click.option("--set", "gold_set", type=click.Choice(["dev", "heldout", "all"]), default="dev", show_default=True,
+              help="Question set: dev (tuned on), heldout (never tuned on) or all, reported side by side.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions of each set (reports/latest is left alone).")
 @click.option("--retrieval-only", is_flag=True, help="Retrieval metrics only: no LLM.")
-@click.option("--gate", is_flag=True, help="CI gate: retrieval vs evals/thresholds.json; exit 1 on a regression.")
-@click.option("--write-thresholds", is_flag=True, help="Measure the configured retrieval and write evals/thresholds.json (measured - 0.02).")
+@click.option("--gate", is_flag=True, help="CI gate: retrieval on the dev and heldout sets vs evals/thresholds.json; exit 1 on a regression.")
+@click.option("--write-thresholds", is_flag=True, help="Measure the configured retrieval on both sets and write evals/thresholds.json (measured - 0.02).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_settings
 @friendly

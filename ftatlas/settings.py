@@ -100,7 +100,8 @@ class FinetuneSettings(BaseModel):
 
 
 class EvalSettings(BaseModel):
-    questions: Path = Field(Path("evals/questions.jsonl"), description="The gold question set.")
+    questions: Path = Field(Path("evals/questions.jsonl"), description="The dev gold question set (tuned on).")
+    heldout: Path = Field(Path("evals/heldout.jsonl"), description="The held-out gold question set: never tuned on.")
     reports_dir: Path = Field(Path("reports"), description="Where eval runs are written.")
     thresholds: Path = Field(Path("evals/thresholds.json"), description="Committed retrieval-gate thresholds.")
     max_tokens: int = Field(160, description="Answer length during evals.")

@@ -17,12 +17,13 @@ import httpx
 import pytest
 
 from evals import (
-    EvalError, cli_main, gate_metrics, http, in_process, load_questions, measure, run_eval, run_gate, write_thresholds,
+    EvalError, cli_main, gate_metrics, http, in_process, load_questions, load_sets, measure_sets, run_eval, run_gate,
+    write_thresholds,
 )
 from evals.aggregate import summarize_group
 from evals.backends import Backend, base_url
-from evals.gate import regressions, thresholds_from
-from evals.gold import corpus_texts, retrieval_query
+from evals.gate import compare, load_thresholds, regressions, thresholds_from
+from evals.gold import corpus_texts, retrieval_query, set_paths
 from evals.judge import Judge, factual_f1, parse_statements, parse_verdicts
 from evals.metrics import (
     cited_indices, citation_precision, citation_validity, context_fact_recall, hit_at_k, is_refusal, language_of,
@@ -34,6 +35,7 @@ from conftest import REPO
 from ftatlas.settings import load_settings
 
 GOLD = REPO / "evals" / "questions.jsonl"
+HELDOUT = REPO / "evals" / "heldout.jsonl"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -149,6 +151,12 @@ def gold():
     return load_questions(GOLD)
 
 
+@pytest.fixture(scope="module", params=["dev", "heldout"])
+def any_gold(request):
+    """Each gold set in turn: both are held to the same integrity checks."""
+    return load_questions(GOLD if request.param == "dev" else HELDOUT, request.param)
+
+
 def test_gold_set_has_both_languages_and_out_of_scope_questions(gold):
     assert len(gold) == 90
     assert {q.language for q in gold} == {"en", "ru"}
@@ -157,20 +165,36 @@ def test_gold_set_has_both_languages_and_out_of_scope_questions(gold):
     assert follow_ups and all(q.messages()[-1]["content"] == q.question for q in follow_ups)
 
 
-def test_no_fact_is_given_away_by_its_question(gold):
+def test_the_heldout_set_is_large_bilingual_about_the_atlas_and_new(gold):
+    heldout = load_questions(HELDOUT, "heldout")
+    answerable = [q for q in heldout if not q.refuse]
+    assert len(heldout) >= 60 and 2 * sum(q.language == "ru" for q in heldout) >= len(heldout)
+    assert 3 * sum(q.gold_doc_ids == ("atlas",) for q in heldout) >= len(heldout)
+    assert sum(q.refuse for q in heldout) >= 4 and len(answerable) >= 60
+    assert all(q.gold_set == "heldout" for q in heldout) and {q.id for q in heldout}.isdisjoint(q.id for q in gold)
+    from finetune.overlap import EvalGuard  # the training data's near-duplicate test, here between the two gold sets
+
+    dev = EvalGuard([{"id": q.id, "question": q.question} for q in gold])
+    assert {q.id: dev.match(q.question) for q in heldout if dev.match(q.question)} == {}
+
+
+def test_no_fact_is_given_away_by_its_question(any_gold):
+    gold = any_gold
     leaks = [(q.id, f) for q in gold for f in q.facts
              if re.search(f, " ".join([q.question, *(m["content"] for m in q.history)]), re.IGNORECASE)]
     assert leaks == []
 
 
-def test_every_fact_is_in_one_of_its_gold_documents(gold):
+def test_every_fact_is_in_one_of_its_gold_documents(any_gold):
+    gold = any_gold
     texts = corpus_texts(load_settings("test", root=REPO))
     assert {d for q in gold for d in q.gold_doc_ids} <= set(texts)
     missing = [(q.id, f) for q in gold for f in q.facts if not any(re.search(f, texts[d], re.IGNORECASE) for d in q.gold_doc_ids)]
     assert missing == []
 
 
-def test_gold_sections_are_headings_of_the_gold_documents(gold):
+def test_gold_sections_are_headings_of_the_gold_documents(any_gold):
+    gold = any_gold
     texts = corpus_texts(load_settings("test", root=REPO))
     bad = [q.id for q in gold if q.gold_section and not any(
         re.search(rf"^#+\s*{re.escape(q.gold_section)}\s*$", texts[d], re.M) for d in q.gold_doc_ids)]
@@ -191,13 +215,25 @@ def test_a_broken_gold_line_is_named(tmp_path):
 
 def test_gate_passes_on_the_index_and_fails_when_bm25_is_off(corpus_index, embedder, tmp_path):
     start = time.monotonic()
-    retrieval, measured = measure(corpus_index, embedder)
-    assert time.monotonic() - start < 60
-    assert retrieval == {"mode": "hybrid", "rerank": False} and set(measured) == {"en", "ru"}
+    retrieval, measured = measure_sets(corpus_index, embedder)
+    assert time.monotonic() - start < 120
+    assert retrieval == {"mode": "hybrid", "rerank": False}
+    assert set(measured) == {"dev", "heldout"} and all(set(m) == {"en", "ru"} for m in measured.values())
     path = tmp_path / "thresholds.json"
-    write_thresholds(measured, path, retrieval=retrieval)
-    assert run_gate(corpus_index, path, embedder).passed
+    data = write_thresholds(measured, path, retrieval=retrieval)
+    assert data["measured"] == measured["dev"] and data["heldout"]["measured"] == measured["heldout"]
+    result = compare(retrieval, measured, load_thresholds(path))
+    assert result.passed and set(result.thresholds) == {"dev", "heldout"}
+    assert "heldout ru: context_fact_recall@5" in result.text()
 
+    # a held-out figure below its committed threshold fails the gate, though the dev set still passes
+    data["heldout"]["thresholds"]["ru"]["context_fact_recall@5"] = measured["heldout"]["ru"]["context_fact_recall@5"] + 0.01
+    path.write_text(json.dumps(data), encoding="utf-8")
+    regressed = compare(retrieval, measured, load_thresholds(path))
+    assert not regressed.passed and len(regressed.failures) == 1
+    assert regressed.failures[0].startswith("heldout ru context_fact_recall@5 ")
+
+    write_thresholds(measured, path, retrieval=retrieval)  # back to today's figures: dense retrieval falls below them
     dense = with_section(with_section(corpus_index, "retrieval", mode="dense"), "evals", thresholds=path)
     lines: list[str] = []
     assert cli_main(dense, gate=True, echo=lines.append) == 1
@@ -207,7 +243,12 @@ def test_gate_passes_on_the_index_and_fails_when_bm25_is_off(corpus_index, embed
 def test_gate_without_thresholds_or_index_says_what_to_run(corpus_index, tmp_path):
     with pytest.raises(EvalError, match="--write-thresholds"):
         run_gate(corpus_index, tmp_path / "none.json")
-    write_thresholds({"en": {"hit@5": 0.9}}, tmp_path / "t.json")
+    (tmp_path / "dev-only.json").write_text(json.dumps({"thresholds": {"en": {"hit@5": 0.9}}}), encoding="utf-8")
+    with pytest.raises(EvalError, match=r"dev-only\.json have no heldout thresholds; .*--write-thresholds"):
+        run_gate(corpus_index, tmp_path / "dev-only.json")
+    with pytest.raises(EvalError, match=r"missing \['heldout'\]"):
+        write_thresholds({"dev": {"en": {"hit@5": 0.9}}}, tmp_path / "t.json")
+    write_thresholds({"dev": {"en": {"hit@5": 0.9}}, "heldout": {"en": {"hit@5": 0.8}}}, tmp_path / "t.json")
     with pytest.raises(EvalError, match="is empty; run `ftatlas ingest` first"):
         run_gate(with_section(corpus_index, "ingest", data_dir=tmp_path / "empty"), tmp_path / "t.json")
 
@@ -272,7 +313,7 @@ def test_gate_thresholds_can_come_from_a_run(stand_in_run, tmp_path):
     measured = gate_metrics(run.records, "atlas-rag")
     assert set(measured) == {"en", "ru"}  # the out-of-scope questions carry no gold and are left out
     assert measured["en"]["hit@5"] == 1.0 and 0.0 < measured["ru"]["context_fact_recall@5"] <= 1.0
-    written = write_thresholds(measured, tmp_path / "t.json")["thresholds"]
+    written = write_thresholds({"dev": measured, "heldout": measured}, tmp_path / "t.json")["thresholds"]
     assert regressions(gate_metrics(run.records, "atlas-rag"), written) == []
     assert regressions(gate_metrics(run.records, "llamaindex-stock"), written)  # the stock pipeline ranks worse
 
@@ -290,7 +331,8 @@ def test_the_baseline_gets_retrieval_metrics_but_no_answers(stand_in_run):
 def test_the_report_has_tables_by_configuration_language_and_category_and_charts(stand_in_run):
     _, folder, reports = stand_in_run
     report = (folder / "report.md").read_text(encoding="utf-8")
-    for heading in ("## Retrieval", "## Answers", "## By language", "## By category", "![retrieval](retrieval.png)"):
+    for heading in ("## Retrieval", "## Answers", "## By question set", "## By language", "## By category",
+                    "![retrieval](retrieval.png)"):
         assert heading in report
     assert re.search(r"^\| atlas-rag \| ru \|", report, re.M) and re.search(r"^\| atlas-rag \| out-of-scope \|", report, re.M)
     for png in ("retrieval.png", "answers.png", "latency.png"):
@@ -318,10 +360,51 @@ def test_cli_entry_runs_a_retrieval_only_subset(corpus_index, small_gold, tmp_pa
     lines: list[str] = []
     code = cli_main(settings, configs="atlas-rag, atlas-rag-dense", retrieval_only=True, limit=3, quiet=True, echo=lines.append)
     assert code == 0
-    assert re.search(r"^\| atlas-rag-dense \| 3 \| [01]\.\d{3} \|", lines[0], re.M)
+    assert re.search(r"^\| atlas-rag-dense \| dev \| 3 \| [01]\.\d{3} \|", lines[0], re.M)
     assert lines[-1].startswith("report: ")
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # a subset never becomes reports/latest
     assert json.loads((folder / "results.json").read_text(encoding="utf-8"))["answers"] is False
+
+
+@pytest.fixture(scope="module")
+def small_heldout(tmp_path_factory):
+    keep = {"h001", "h002", "h036", "h037", "h075", "h077"}  # atlas en + ru, paper en + ru, a follow-up, unanswerable
+    path = tmp_path_factory.mktemp("heldout") / "heldout.jsonl"
+    path.write_text("\n".join(ln for ln in HELDOUT.read_text(encoding="utf-8").splitlines() if json.loads(ln)["id"] in keep)
+                    + "\n", encoding="utf-8")
+    return path
+
+
+def test_cli_reports_the_dev_and_heldout_sets_side_by_side(corpus_index, small_gold, small_heldout, tmp_path):
+    settings = with_section(corpus_index, "evals", questions=small_gold, heldout=small_heldout, reports_dir=tmp_path)
+    lines: list[str] = []
+    assert cli_main(settings, configs="atlas-rag,atlas-rag-bm25", retrieval_only=True, gold_set="all", quiet=True,
+                    echo=lines.append) == 0
+    rows = re.findall(r"^\| (atlas-rag(?:-bm25)?) \| (dev|heldout) \| (\d+) \|", lines[0], re.M)
+    assert rows == [("atlas-rag", "dev", "5"), ("atlas-rag", "heldout", "6"), ("atlas-rag-bm25", "dev", "5"),
+                    ("atlas-rag-bm25", "heldout", "6")]
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    saved = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    assert saved["sets"] == ["dev", "heldout"] and {r["set"] for r in saved["records"] if r["id"] == "h001"} == {"heldout"}
+    held = {(r["config"], r["language"]): r for r in saved["summary"]["by_set_language"] if r["set"] == "heldout"}
+    assert held[("atlas-rag", "ru")]["n"] == 3 and 0.0 <= held[("atlas-rag", "en")]["context_fact_recall@5"] <= 1.0
+    report = (folder / "report.md").read_text(encoding="utf-8")
+    assert "(dev 5, heldout 6)" in report and re.search(r"^\| atlas-rag \| heldout \| ru \| 3 \|", report, re.M)
+
+    lines.clear()
+    assert cli_main(settings, configs="atlas-rag", retrieval_only=True, gold_set="heldout", limit=2, quiet=True,
+                    echo=lines.append) == 0
+    assert re.findall(r"^\| atlas-rag \| (\w+) \| (\d+) \|", lines[0], re.M) == [("heldout", "2")]
+
+
+def test_question_sets_are_chosen_by_name_and_keep_their_ids_apart(corpus_index, small_gold, tmp_path):
+    assert list(set_paths(corpus_index, "all")) == ["dev", "heldout"] and set_paths(corpus_index, "heldout") == {
+        "heldout": HELDOUT}
+    with pytest.raises(EvalError, match=r"unknown question set 'test'; choose one of dev, heldout, all"):
+        load_sets(corpus_index, "test")
+    twin = with_section(corpus_index, "evals", questions=small_gold, heldout=small_gold)
+    with pytest.raises(EvalError, match=r"the question sets share ids \['q001', 'q002'"):
+        load_sets(twin, "all")
 
 
 def test_unknown_configurations_are_refused_by_name(corpus_index, embedder, small_gold, tmp_path):

@@ -37,6 +37,7 @@ P = 0.2
 LEAK_EXACT = "which PARAMETERS does BitFit update during fine-tuning -- and what stays frozen"  # eval q001, re-cased
 LEAK_NEAR = "Which parameters does BitFit update during fine-tuning, and which weights stay frozen?"  # Jaccard 0.71
 LEAK_GENERATED = "Which parameters get updated by BitFit during fine-tuning, and what stays frozen?"  # Jaccard 0.67
+LEAK_HELDOUT = "Как интеллект-карта выбора метода в атласе описывает узел BitFit?"  # held-out h022 reworded, Jaccard 0.8
 
 
 # ---------------------------------------------------------------- fixtures
@@ -77,12 +78,13 @@ def history_of(meta: dict) -> list[dict]:
 
 
 def curated_subset() -> list[Question]:
-    """Answerable questions spread over the documents, the unanswerable ones, and three that must be dropped."""
+    """Answerable questions spread over the documents, the unanswerable ones, and four that must be dropped."""
     qs = load_questions(REPO / "corpus" / "qa" / "train.jsonl")
     answerable = [q for q in qs if q.answerable][::16]
     unanswerable = [q for q in qs if not q.answerable][::12]
     leaks = [Question("leak-exact", LEAK_EXACT, "Biases.", "en", ["bitfit"]),
-             Question("leak-near", LEAK_NEAR, "Biases.", "en", ["bitfit"])]
+             Question("leak-near", LEAK_NEAR, "Biases.", "en", ["bitfit"]),
+             Question("leak-heldout", LEAK_HELDOUT, "Минимальный апдейт весов.", "ru", ["atlas"])]
     dup = Question("dup", answerable[0].question.upper() + "  ", answerable[0].answer, answerable[0].language,
                    answerable[0].doc_ids)
     return answerable + unanswerable + leaks + [dup]
@@ -277,15 +279,22 @@ def test_malformed_lines_and_repeated_ids_are_refused(tmp_path, line, message):
         load_questions(path)
 
 
+def test_building_data_without_the_heldout_set_is_refused(ft_settings, tmp_path):
+    gone = ft_settings.model_copy(update={"evals": ft_settings.evals.model_copy(update={"heldout": tmp_path / "none.jsonl"})})
+    with pytest.raises(FinetuneError, match=r"none\.jsonl not found: training data must be checked against them"):
+        build_data(gone, tmp_path / "out", questions=curated_subset())
+    assert not (tmp_path / "out").exists()
+
+
 def test_builder_drops_eval_leaks_and_duplicates(built):
     out, card, rows = built
-    assert card.dropped["eval overlap"] == 3  # two curated leaks and one generated
-    assert card.dropped_eval_ids == ["q001"]
+    assert card.dropped["eval overlap"] == 4  # three curated leaks (one of a held-out question) and one generated
+    assert card.dropped_eval_ids == ["h022", "q001"]
     assert card.dropped["duplicate"] >= 1
-    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl")
+    guard = EvalGuard.from_file(REPO / "evals" / "questions.jsonl", REPO / "evals" / "heldout.jsonl")
     assert [r["meta"]["question"] for r in rows if guard.match(r["meta"]["question"])] == []
     ids = [r["meta"]["id"] for r in rows]
-    assert len(ids) == len(set(ids)) and "leak-exact" not in ids and "leak-near" not in ids and "dup" not in ids
+    assert len(ids) == len(set(ids)) and not {"leak-exact", "leak-near", "leak-heldout", "dup"} & set(ids)
     train_ids = {r["meta"]["id"] for r in read_split(out, TRAIN)}
     assert train_ids.isdisjoint(r["meta"]["id"] for r in read_split(out, VALIDATION))
 
