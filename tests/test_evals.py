@@ -214,9 +214,7 @@ def test_a_broken_gold_line_is_named(tmp_path):
 
 
 def test_gate_passes_on_the_index_and_fails_when_bm25_is_off(corpus_index, embedder, tmp_path):
-    start = time.monotonic()
-    retrieval, measured = measure_sets(corpus_index, embedder)
-    assert time.monotonic() - start < 120
+    retrieval, measured = measure_sets(corpus_index, embedder)  # its speed is a benchmark's business, not a test's
     assert retrieval == {"mode": "hybrid", "rerank": False}
     assert set(measured) == {"dev", "heldout"} and all(set(m) == {"en", "ru"} for m in measured.values())
     path = tmp_path / "thresholds.json"
