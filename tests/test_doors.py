@@ -205,10 +205,11 @@ def test_the_body_limit_answers_before_the_body_is_read(docs_app):
     head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.md"\r\nContent-Type: text/plain\r\n\r\n'
     read = {"bytes": 0}
 
-    async def receive():  # a well-formed multipart start, then an endless file
+    async def receive():  # a well-formed multipart start, then a file far over the limit
+        await asyncio.sleep(0)
         body = head if read["bytes"] == 0 else chunk
         read["bytes"] += len(body)
-        return {"type": "http.request", "body": body, "more_body": True}
+        return {"type": "http.request", "body": body, "more_body": read["bytes"] < 3 * 2**20}
 
     sent = []
 
