@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import shutil
@@ -421,19 +423,26 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path, corpus_index, embedd
     assert state.complete and state.documents == load_state(corpus_index).documents
 
 
+@contextlib.contextmanager
+def hold_index_lock(settings):
+    """Hold <data_dir>/index.lock the way another ingest process holds it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "index.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_ingests_at_once_wait_for_each_other_and_index_like_one(tmp_path, embedder):
     """Two CLI ingests start while this test holds the index lock: both wait, saying so, then run one at a time."""
-    from ingest.lock import index_lock
-
     root = tmp_path / "root"
     clean = make_root(root, {d: doc_text(d) for d in ("alpha", "beta", "gamma")}, data_dir=str(tmp_path / "clean"))
     run(clean, embedder=embedder)
     shared = load_settings("test", root=root)  # what the CLI in `root` uses: data/test under it
     env = {**os.environ, "PYTHONPATH": str(REPO), "FTATLAS_INGEST__CHUNK_TOKENS": "64", "FTATLAS_INGEST__CHUNK_OVERLAP": "8"}
     procs = []
-    with index_lock(shared):
+    with hold_index_lock(shared):
         for _ in range(2):
             procs.append(subprocess.Popen(CLI + ["ingest", "--quiet"], cwd=root, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -453,16 +462,14 @@ def test_two_ingests_at_once_wait_for_each_other_and_index_like_one(tmp_path, em
 
 @pytest.mark.timeout(120)
 def test_a_writer_that_waits_too_long_gives_up_clearly(tmp_path, embedder):
-    from ingest.lock import index_lock
-
     s = make_root(tmp_path / "root", {"alpha": doc_text("alpha")}, lock_timeout_s=0.5)
-    with index_lock(s):
+    with hold_index_lock(s):
         done = []
         t = threading.Thread(target=lambda: done.append(pytest.raises(IngestError, run, s, None, embedder)))
         t.start()
         t.join(30)
     assert done and "gave up after 0.5 s" in str(done[0].value) and "lock_timeout_s" in str(done[0].value)
-    with index_lock(s):
+    with hold_index_lock(s):
         t = threading.Thread(target=lambda: done.append(pytest.raises(IngestError, delete_document, s, "alpha")))
         t.start()
         t.join(30)
