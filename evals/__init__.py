@@ -66,13 +66,13 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
         run.judge = f"{judge.model} at {judge_endpoint}"
     lora = settings.llm.adapter if any(c.model == "atlas-rag-lora" for c in chosen) else None
     if lora:
-        run.notes.append(adapter_note(settings.path(lora)))
+        run.notes.append(adapter_note(settings.path(lora), settings.root))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,
             temperature=0.0, progress=progress)
     full = run.answers and len(asked) == len(questions) and sets in ("dev", "all")  # latest stays a dev-set report
     folder = write_report(run, reports, latest=full)
     if lora and run.answers:
-        record_in_run(settings.path(lora), folder, run.records)
+        record_in_run(settings.path(lora), folder, run.records, settings.root)
     return run, folder
 
 

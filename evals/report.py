@@ -139,14 +139,32 @@ def write_report(run: Run, reports_dir: Path, latest: bool = True) -> Path:
             "started": run.started, "finished": run.finished, "questions": [q.id for q in run.questions],
             "sets": sorted({q.gold_set for q in run.questions}),
             "configs": [asdict(c) for c in run.configs], "notes": run.notes, "summary": summary, "records": run.records}
-    tmp = folder / "results.json.tmp"
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, folder / "results.json")
-    (folder / "report.md").write_text(markdown(run, summary, charts), encoding="utf-8")
+    _write_atomic(folder / "results.json", json.dumps(data, ensure_ascii=False, indent=1))
+    _write_atomic(folder / "report.md", markdown(run, summary, charts))
     if latest and run.status == "complete":
-        target = Path(reports_dir) / "latest"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        for name in ("report.md", "results.json", *charts):
-            shutil.copy2(folder / name, target / name)
+        _replace_folder(Path(reports_dir) / "latest", folder, ("report.md", "results.json", *charts))
     return folder
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _replace_folder(target: Path, source: Path, names) -> None:
+    """Fill a fresh folder beside `target`, then swap it in: a failure half-way leaves the old `target` whole."""
+    tmp, old = target.with_name(target.name + ".tmp"), target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in names:
+            shutil.copy2(source / name, tmp / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

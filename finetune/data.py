@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -144,10 +145,15 @@ def build_data(settings, out: Path | None = None, *, questions: list[Question] |
     n_val = max(n_val, 1) if ft.validation_fraction > 0 and len(examples) > 1 else n_val
     splits = {VALIDATION: examples[:n_val], TRAIN: examples[n_val:]}
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in splits.items():
-        with open(out / name, "w", encoding="utf-8") as f:
-            for ex in rows:
-                f.write(json.dumps(ex.row(), ensure_ascii=False) + "\n")
+    for name, rows in splits.items():  # each file renamed into place once whole: a failure keeps the previous one
+        tmp = out / f".{name}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for ex in rows:
+                    f.write(json.dumps(ex.row(), ensure_ascii=False) + "\n")
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
     card = DataCard(
         folder=str(out), train=len(splits[TRAIN]), validation=len(splits[VALIDATION]),
         kinds=dict(Counter(ex.kind for ex in examples)), languages=dict(Counter(ex.language for ex in examples)),
@@ -157,7 +163,8 @@ def build_data(settings, out: Path | None = None, *, questions: list[Question] |
         dropped={k: v for k, v in dropped.items() if v}, dropped_eval_ids=sorted(set(eval_ids)),
         files={name: file_sha256([out / name]) for name in (TRAIN, VALIDATION)}, data_hash=data_hash(out),
     )
-    (out / CARD).write_text(json.dumps(asdict(card), indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / f".{CARD}.tmp").write_text(json.dumps(asdict(card), indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(out / f".{CARD}.tmp", out / CARD)
     return card
 
 

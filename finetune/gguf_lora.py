@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,19 @@ def convert(adapter_dir: Path | str, base_gguf: Path | str, out: Path | str | No
 
     weights = load_file(str(adapter_dir / WEIGHTS))
     alpha = float(cfg["lora_alpha"])
-    writer = gguf.GGUFWriter(str(out), arch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # renamed over `out` once whole: never a truncated lora.gguf
+    try:
+        _write(gguf.GGUFWriter(str(tmp), arch), weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir, base_gguf)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write(writer, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir: Path, base_gguf: Path) -> None:
+    import gguf
+
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -73,12 +86,10 @@ def convert(adapter_dir: Path | str, base_gguf: Path | str, out: Path | str | No
             raise AdapterError(f"{adapter_dir}: {module} does not fit {name} {base_ne[name]} of {base_gguf.name}")
         writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(a))
         writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(b))
-    out.parent.mkdir(parents=True, exist_ok=True)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return out
 
 
 def _peft_scale(cfg: dict, module: str, rank: int) -> float:
@@ -95,6 +106,17 @@ def gguf_adapter(adapter_dir: Path | str, base_gguf: Path | str) -> Path:
     adapter_dir = Path(adapter_dir)
     validate_adapter(adapter_dir, base_gguf)
     out = adapter_dir / GGUF
-    if out.is_file() and out.stat().st_mtime >= (adapter_dir / WEIGHTS).stat().st_mtime:
+    if out.is_file() and out.stat().st_mtime >= (adapter_dir / WEIGHTS).stat().st_mtime and _whole(out):
         return out
     return convert(adapter_dir, base_gguf, out)
+
+
+def _whole(path: Path) -> bool:
+    """False for a lora.gguf cut short (by a crash of an older, non-atomic writer or a full disk)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        return bool(reader.tensors) and all(t.data.nbytes == t.n_bytes for t in reader.tensors)
+    except Exception:  # the reader raises ValueError, IndexError... on a cut file
+        return False

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -24,6 +25,8 @@ class IngestSettings(BaseModel):
     chunk_overlap: int = Field(48, description="Overlap between consecutive text chunks in embedder tokens.")
     fetch_timeout_s: float = Field(20.0, description="Timeout for every network call of `corpus fetch`.")
     device: str = Field("cpu", description="Torch device for the embedder.")
+    lock_timeout_s: float = Field(600.0, description="How long an ingest or delete waits for another process's "
+                                  "lock on the index before it gives up.")
 
 
 class RetrievalSettings(BaseModel):
@@ -73,8 +76,32 @@ class LLMSettings(BaseModel):
 class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(7860, description="Port for the UI (/) and the API (/v1).")
-    api_keys: list[str] = Field(default_factory=list, description="When non-empty, /v1 routes need 'Authorization: Bearer <key>'.")
+    api_keys: list[str] = Field(default_factory=list, description="When non-empty, every route but /health needs "
+                                "'Authorization: Bearer <key>'; the UI asks for any of these keys as its password.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Web origins (scheme://host[:port]) besides "
+                                       "the server's own that may send writes (POST, PUT, PATCH, DELETE).")
+    max_upload_mb: float = Field(20.0, gt=0, description="Largest uploaded document (API and UI), in MiB; a request "
+                                 "body over this plus 1 MiB is refused with 413 while it arrives.")
     history_tokens: int = Field(600, description="Token budget for conversation history in the prompt.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, keys: list[str]) -> list[str]:
+        if any(not k.strip() for k in keys):
+            raise ValueError("an empty or whitespace-only API key would let anyone in; remove it or set a real key")
+        return keys
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        """Example: 'https://Example.org/' -> 'https://example.org'."""
+        out = []
+        for o in origins:
+            o = o.strip().rstrip("/").lower()
+            if not re.fullmatch(r"https?://[^/\s]+", o):
+                raise ValueError(f"{o!r} is not an origin like https://example.org or http://127.0.0.1:3000")
+            out.append(o)
+        return out
 
 
 class FinetuneSettings(BaseModel):
@@ -176,4 +203,8 @@ def load_settings(profile: str | None = None, root: Path | None = None, **overri
         data = deep_merge(data, loaded)
     data = deep_merge(data, overrides)
     data["root"] = root
-    return Settings(**data)
+    try:
+        return Settings(**data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise SettingsError(f"invalid settings: {problems}") from e

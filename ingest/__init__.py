@@ -1,16 +1,20 @@
 """Documents -> repaired text -> chunks -> embeddings -> Chroma + BM25. The public surface of the ingest room."""
 
-from .errors import DocumentError, FetchError, IngestError
+from .errors import DocumentError, FetchError, IngestError, UploadError, UploadTooLarge
 from .fetch import fetch_papers
 from .pipeline import Summary, delete_document, ingest
+from .sources import shown_path
+from .uploads import add_upload
 
 
 def list_documents(settings) -> dict[str, dict]:
-    """key -> {doc_id, kind, chunks, title, ...}, read from the collection itself."""
+    """key -> {doc_id, kind, chunks, title, path, ...}, read from the collection itself; paths as shown_path gives them."""
     from .pipeline import documents_from_store
     from .store import Store, open_collection
 
-    return documents_from_store(Store(open_collection(settings)))
+    docs = documents_from_store(Store(open_collection(settings)))
+    return {k: {**d, "path": shown_path(settings, d.get("path", ""))} for k, d in docs.items()}
 
 
-__all__ = ["DocumentError", "FetchError", "IngestError", "Summary", "delete_document", "fetch_papers", "ingest", "list_documents"]
+__all__ = ["DocumentError", "FetchError", "IngestError", "Summary", "UploadError", "UploadTooLarge", "add_upload",
+           "delete_document", "fetch_papers", "ingest", "list_documents"]

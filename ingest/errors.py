@@ -16,3 +16,11 @@ class DocumentError(IngestError):
 
 class FetchError(IngestError):
     """Downloading the papers' PDFs failed (offline, timeout, bad response)."""
+
+
+class UploadError(IngestError):
+    """An uploaded file cannot be taken: a name that is no file name, an unsupported type, or bad content."""
+
+
+class UploadTooLarge(UploadError):
+    """An uploaded file is over serve.max_upload_mb."""

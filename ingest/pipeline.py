@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from .chunking import Chunk, chunk_markdown
-from .errors import DocumentError
+from .errors import DocumentError, IngestError
 from .keyword import KeywordIndex
 from .loaders import load_file, read_bytes
-from .sources import Source, manifest_sources, settings_key, user_sources
+from .lock import index_lock
+from .sources import Source, manifest_sources, settings_key, user_doc_id, user_sources
 from .state import State, load_state, save_state
 
 _TERMS = re.compile(r"^Термины:\s*(.+)$", re.M)
@@ -154,20 +155,33 @@ def ingest(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Summary:
-    """Bring the index in line with the manifest (no paths) or add/refresh the given user paths."""
+    """Bring the index in line with the manifest (no paths) or add/refresh the given user paths.
+
+    Holds the index lock (ingest/lock.py) throughout: a second process waits for it."""
+    with index_lock(settings):
+        return _ingest(settings, paths, embedder, progress, on_batch)
+
+
+def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
     t0 = time.perf_counter()
     summary = Summary()
     state = load_state(settings)
     skey = settings_key(settings)
     kw = KeywordIndex(settings.data_dir / "bm25").load()
 
+    remembered = set(state.user_paths)
     if paths:
         resolved = [str(Path(p).resolve()) for p in paths]
-        state.user_paths = list(dict.fromkeys(state.user_paths + resolved))
         state.forgotten = [f for f in state.forgotten if not any(f == r or f.startswith(r + "/") for r in resolved)]
-        sources = user_sources([Path(p) for p in paths])
+        # a manifest document given by its path (e.g. after `documents delete`) comes back as itself, not a copy
+        restored = [s for s in _manifest_or_empty(settings) if str(s.path) in resolved]
+        mine = [r for r in resolved if r not in {str(s.path) for s in restored}]
+        state.user_paths = list(dict.fromkeys(state.user_paths + mine))
+        sources = restored + user_sources([Path(p) for p in mine])
     else:
-        sources = manifest_sources(settings) + user_sources([Path(p) for p in state.user_paths], set(state.forgotten))
+        forgotten = set(state.forgotten)
+        sources = ([s for s in manifest_sources(settings) if str(s.path) not in forgotten]
+                   + user_sources([Path(p) for p in state.user_paths], forgotten))
 
     fps: dict[str, str] = {}
     gone: set[str] = set()
@@ -245,6 +259,9 @@ def ingest(
             summary.removed.append(key)
     if gone:
         state.user_paths = [p for p in state.user_paths if Path(p).exists()]
+    if paths:  # a new path is remembered only once it ingested: a bad file is not retried by every later run
+        bad = {name for name, _ in summary.failed}
+        state.user_paths = [p for p in state.user_paths if p in remembered or p not in bad]
 
     summary.keyword_rebuilt = sync_keyword_index(settings, store, kw)
     # Ours: the manifest's documents and the user files this installation added; on a shared server other
@@ -258,6 +275,13 @@ def ingest(
     summary.chunks = sum(d["chunks"] for d in state.documents.values())
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _manifest_or_empty(settings) -> list[Source]:
+    try:
+        return manifest_sources(settings)
+    except IngestError:  # adding one's own files does not need a readable manifest
+        return []
 
 
 def sync_keyword_index(settings, store, kw: KeywordIndex | None = None) -> bool:
@@ -285,19 +309,32 @@ def documents_from_store(store) -> dict[str, dict]:
 
 
 def delete_document(settings, doc_id: str) -> list[str]:
-    """Remove a document (every file of it) from Chroma, BM25 and the state; returns the keys removed."""
-    from .errors import IngestError
+    """Remove a document (every file of it) from Chroma, BM25 and the state; returns the keys removed.
+
+    The deletion lasts: its files are kept in state.forgotten, so the next plain ingest does not bring a manifest
+    document back; ingesting its path again does. A remembered file that never ingested is forgotten by its id
+    or path."""
+    with index_lock(settings):
+        return _delete(settings, doc_id)
+
+
+def _delete(settings, doc_id: str) -> list[str]:
     from .store import Store, open_collection
 
     store = Store(open_collection(settings))
     state = load_state(settings)
     hits = {cid: m for cid, m in store.metadatas().items() if m.get("doc_id") == doc_id or m.get("doc_key") == doc_id}
     if not hits:
-        raise IngestError(f"no document with id {doc_id!r} (see `ftatlas documents list`)")
+        failed = [p for p in state.user_paths if doc_id in (p, user_doc_id(Path(p))) or str(Path(doc_id).resolve()) == p]
+        if not failed:
+            raise IngestError(f"no document with id {doc_id!r} (see `ftatlas documents list`)")
+        state.user_paths = [p for p in state.user_paths if p not in failed]
+        save_state(settings, state)
+        return [user_doc_id(Path(p)) for p in failed]
     state.complete = False
     save_state(settings, state)
     keys = sorted({m.get("doc_key", doc_id) for m in hits.values()})
-    paths = {m.get("path") for m in hits.values() if m.get("kind") == "user"}
+    paths = {m.get("path") for m in hits.values()}
     store.delete_ids(list(hits))
     state.user_paths = [p for p in state.user_paths if p not in paths]
     state.forgotten = sorted(set(state.forgotten) | {p for p in paths if p})

@@ -73,6 +73,18 @@ def manifest_sources(settings) -> list[Source]:
     return out
 
 
+def shown_path(settings, path: str) -> str:
+    """A document's path as clients see it: no server paths. Relative to the data folder, else to the project
+    root, else just the file name. Example: <data_dir>/uploads/notes.md -> 'uploads/notes.md'."""
+    if not path:
+        return ""
+    p = Path(path)
+    for base in (settings.data_dir, settings.root.resolve()):
+        if p.is_relative_to(base):
+            return str(p.relative_to(base))
+    return p.name
+
+
 def user_doc_id(path: Path) -> str:
     """A stable id for a user's file. Example: /home/a/My Notes.md -> 'user-my-notes-<6 hex of the path>'."""
     slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")[:40] or "doc"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
 import json
-import shutil
 import threading
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Request, UploadFile
@@ -15,7 +12,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import BadRequest, EngineUnavailable, NotReady, ServeError
+from .auth import KeyGate, add_login, bearer, key_matches
+from .doors import BodyLimit, OriginCheck
+from .errors import BadRequest, EngineUnavailable, NotReady, ServeError, TooLarge
 from .rag import RagEngine
 
 
@@ -109,11 +108,7 @@ def get_rag(request: Request) -> RagEngine:
 def check_key(request: Request) -> None:
     """Constant-time check of `Authorization: Bearer <key>` when serve.api_keys is set."""
     keys = request.app.state.ftatlas.settings.serve.api_keys
-    if not keys:
-        return
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+    if keys and key_matches(bearer(request.headers), keys) is None:
         raise _Unauthorized()
 
 
@@ -199,36 +194,35 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
     @app.post("/v1/documents", dependencies=auth)
     def upload(rag: Rag, file: UploadFile = File(...)):
-        from ingest import ingest
+        from ingest import UploadError, UploadTooLarge, add_upload
 
-        name = Path(file.filename or "upload.txt").name
-        folder = settings.data_dir / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / name
-        with open(target, "wb") as out:
-            shutil.copyfileobj(file.file, out)
-        with state.ingest_lock:
-            summary = ingest(settings, [target], embedder=rag.embedder, progress=False)
-        if summary.failed and not (summary.added or summary.updated or summary.skipped):
-            target.unlink(missing_ok=True)
-            raise BadRequest("; ".join(f"{Path(n).name}: {r}" for n, r in summary.failed))
+        try:
+            summary = add_upload(settings, file.filename or "", file.file, settings.serve.max_upload_mb, embedder=rag.embedder)
+        except UploadTooLarge as e:
+            raise TooLarge(str(e)) from e
+        except UploadError as e:
+            raise BadRequest(str(e)) from e
         return {"added": summary.added, "updated": summary.updated, "skipped": summary.skipped, "chunks": summary.chunks}
 
     @app.delete("/v1/documents/{doc_id}", dependencies=auth)
     def delete(doc_id: str, rag: Rag):
         from ingest import IngestError, delete_document
 
-        with state.ingest_lock:
-            try:
-                keys = delete_document(settings, doc_id)
-            except IngestError as e:
-                return JSONResponse(error_body(str(e), "invalid_request_error", "document_not_found"), 404)
+        try:
+            keys = delete_document(settings, doc_id)
+        except IngestError as e:
+            return JSONResponse(error_body(str(e), "invalid_request_error", "document_not_found"), 404)
         return {"deleted": keys}
 
+    add_login(app, settings)
     if ui:
         from .ui import mount_ui
 
         app = mount_ui(app, state)
+    # outermost last: a foreign Origin is refused first, then a missing key, then an oversized body
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(KeyGate, settings=settings)
+    app.add_middleware(OriginCheck, settings=settings)
     if start:
         threading.Thread(target=state.start, kwargs={"embedder": embedder}, daemon=True, name="ftatlas-start").start()
     return app

@@ -29,3 +29,7 @@ class EngineUnavailable(ServeError):
 
 class NotReady(ServeError):
     status, code, type = 503, "not_ready", "server_error"
+
+
+class TooLarge(ServeError):
+    status, code, type = 413, "request_too_large", "invalid_request_error"

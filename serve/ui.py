@@ -64,18 +64,20 @@ def mount_ui(app, state):
     def upload(file):
         if file is None:
             return docs_table(), "choose a file first"
-        from ingest import ingest
+        from ingest import IngestError, add_upload
 
-        with state.ingest_lock:
-            summary = ingest(settings, [Path(file)], embedder=rag().embedder, progress=False)
+        try:  # stored under the data folder, not ingested from Gradio's cache, which is cleaned
+            with open(file, "rb") as data:
+                summary = add_upload(settings, Path(file).name, data, settings.serve.max_upload_mb, embedder=rag().embedder)
+        except IngestError as e:
+            return docs_table(), str(e)
         return docs_table(), summary.text()
 
     def delete(doc_id):
         from ingest import IngestError, delete_document
 
         try:
-            with state.ingest_lock:
-                keys = delete_document(settings, (doc_id or "").strip())
+            keys = delete_document(settings, (doc_id or "").strip())
             return docs_table(), f"deleted {', '.join(keys)}"
         except IngestError as e:
             return docs_table(), str(e)
@@ -115,4 +117,4 @@ def mount_ui(app, state):
 
     import gradio as gr  # noqa: F811
 
-    return gr.mount_gradio_app(app, ui, path="/")
+    return gr.mount_gradio_app(app, ui, path="/", max_file_size=int(settings.serve.max_upload_mb * 2**20))

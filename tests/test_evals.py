@@ -340,6 +340,32 @@ def test_the_report_has_tables_by_configuration_language_and_category_and_charts
     assert (reports / "latest" / "report.md").read_text(encoding="utf-8") == report
 
 
+def test_a_report_that_fails_half_way_leaves_latest_whole(stand_in_run, tmp_path, monkeypatch):
+    import shutil
+
+    from evals import report as report_module
+    from evals import write_report
+
+    run, _, _ = stand_in_run
+    reports = tmp_path / "reports"
+    write_report(run, reports)
+    before = {p.name: p.read_bytes() for p in (reports / "latest").iterdir()}
+    assert {"report.md", "results.json"} <= set(before)
+    real, calls = shutil.copy2, []
+
+    def disk_fills_up(src, dst, **kw):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(report_module.shutil, "copy2", disk_fills_up)
+    with pytest.raises(OSError, match="No space"):
+        write_report(run, reports)
+    assert {p.name: p.read_bytes() for p in (reports / "latest").iterdir()} == before
+    assert sorted(p.name for p in reports.iterdir()) == sorted([run.id, "latest"])  # no temporary folder left
+
+
 def test_ctrl_c_leaves_a_valid_partial_report(corpus_index, embedder, small_gold, tmp_path):
     settings = with_section(corpus_index, "evals", questions=small_gold)
     backend = stand_in(in_process(settings, embedder, answers=False), interrupt_after=2)
@@ -548,13 +574,14 @@ def test_a_lora_eval_names_its_training_run_and_is_recorded_in_it(tmp_path):
     (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 3 * 2**20)
     (adapter.parent / "run.json").write_text(json.dumps(
         {"run_id": "r1", "steps": 48, "train_seconds": 1174.2, "data_hash": "c688", "base_model": "smol"}))
-    note = adapter_note(adapter)
+    note = adapter_note(adapter, tmp_path)
     assert "3.0 MiB" in note and "run r1" in note and "steps 48" in note and "train_seconds 1174" in note
+    assert note.startswith("atlas-rag-lora: adapter runs/r1/adapter (") and str(tmp_path) not in note  # repo-relative
     records = [{"config": "atlas-rag-lora", "language": "en", "category": "lookup", "refuse": False,
                 "metrics": {"fact_recall": 0.5}}]
-    out = record_in_run(adapter, tmp_path / "reports" / "x", records)
+    out = record_in_run(adapter, tmp_path / "reports" / "x", records, tmp_path)
     saved = json.loads(out.read_text())
-    assert out == adapter.parent / "eval.json" and saved["report"].endswith("x")
+    assert out == adapter.parent / "eval.json" and saved["report"] == "reports/x"
     assert saved["by_config"][0]["config"] == "atlas-rag-lora" and saved["by_config"][0]["fact_recall"] == 0.5
     # an adapter that is not inside a training run gets a plain note and no record
     other = tmp_path / "elsewhere"

@@ -407,6 +407,55 @@ def test_a_short_budget_drops_distractors_first_and_keeps_the_oracle(ft_settings
     assert len(rows) + sum(card.dropped.values()) == len(qs)
 
 
+def test_a_data_build_that_fails_half_way_keeps_the_previous_files(ft_settings, smol_tokenizer, embedder, tmp_path,
+                                                                    monkeypatch):
+    from finetune.raft import Example
+
+    qs = [q for q in load_questions(REPO / "corpus" / "qa" / "train.jsonl") if q.answerable and q.language == "en"][:6]
+    settings = with_finetune(ft_settings, oracle_drop_fraction=0.0, validation_fraction=0.2)
+    build_data(settings, tmp_path, questions=qs, tokenizer=smol_tokenizer, embedder=embedder, progress=False)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, calls = Example.row, []
+
+    def disk_fills_up(self):
+        calls.append(self.id)
+        if len(calls) == 4:  # inside train.jsonl, after validation.jsonl was written
+            raise OSError(28, "No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(Example, "row", disk_fills_up)
+    with pytest.raises(OSError, match="No space"):
+        build_data(settings, tmp_path, questions=qs[:5], tokenizer=smol_tokenizer, embedder=embedder, progress=False)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after[TRAIN] == before[TRAIN] and set(after) == set(before)  # whole, and no temporary file left
+    assert all(json.loads(line) for line in after[TRAIN].decode().splitlines())
+
+
+def test_a_cut_lora_gguf_is_converted_again_and_a_failed_conversion_writes_none(smol_shaped_adapter, tmp_path,
+                                                                                 monkeypatch):
+    import gguf
+
+    adapter = shutil.copytree(smol_shaped_adapter, tmp_path / "adapter")
+    (adapter / "lora.gguf").unlink(missing_ok=True)
+    whole = gguf_adapter(adapter, bundled_gguf()).read_bytes()
+    (adapter / "lora.gguf").write_bytes(whole[: len(whole) // 2])  # newer than the weights, but cut short
+    assert gguf_adapter(adapter, bundled_gguf()).read_bytes() == whole
+
+    (adapter / "lora.gguf").unlink()
+    real = gguf.GGUFWriter.write_tensors_to_file
+
+    def disk_fills_up(self, *args, **kwargs):  # the header and metadata are on disk by now
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", disk_fills_up)
+    with pytest.raises(OSError, match="No space"):
+        convert_to_gguf(adapter, bundled_gguf())
+    assert sorted(p.name for p in adapter.iterdir()) == sorted(p.name for p in smol_shaped_adapter.iterdir()
+                                                               if p.name != "lora.gguf")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", real)
+    assert convert_to_gguf(adapter, bundled_gguf()).read_bytes() == whole
+
+
 def test_an_unreachable_generator_fails_with_its_address(ft_settings):
     opts = GeneratorOptions("http://127.0.0.1:9/v1", model="m", timeout_s=2)
     with pytest.raises(FinetuneError, match="127.0.0.1:9"):

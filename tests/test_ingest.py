@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import shutil
@@ -322,6 +324,61 @@ def test_delete_document_removes_it_from_chroma_and_bm25(tmp_path, embedder):
     assert note not in again.added and note not in list_documents(s)
 
 
+def test_deleting_a_manifest_document_lasts_until_its_path_is_ingested_again(tmp_path, embedder):
+    s = make_root(tmp_path / "root", {d: doc_text(d) for d in ("alpha", "beta")})
+    run(s, embedder=embedder)
+    assert delete_document(s, "beta") == ["beta"]
+
+    again = run(s, embedder=embedder)  # every `serve` start and every `ask` runs this
+    assert "beta" not in again.added and set(list_documents(s)) == {"alpha"} and not again.failed
+    assert run(s, embedder=embedder).chunks_written == 0  # and it stays a no-op
+
+    back = run(s, [s.root / "docs" / "beta.md"], embedder=embedder)
+    assert back.added == ["beta"]  # as the manifest document itself, not a user copy of it
+    assert set(list_documents(s)) == {"alpha", "beta"} and list_documents(s)["beta"]["kind"] == "paper-card"
+    assert run(s, embedder=embedder).skipped == ["alpha", "beta"]
+    assert set(assert_consistent(s)) == {"alpha", "beta"}
+
+
+def test_a_path_that_failed_is_not_remembered_and_can_be_forgotten(tmp_path, embedder):
+    s = make_root(tmp_path / "root", {"alpha": doc_text("alpha")})
+    run(s, embedder=embedder)
+    bad = tmp_path / "bad.md"
+    bad.write_bytes(b"")
+    first = run(s, [bad], embedder=embedder)
+    assert [n for n, _ in first.failed] == [str(bad)]
+    assert str(bad) not in load_state(s).user_paths
+
+    later = run(s, embedder=embedder)
+    assert not later.failed and later.skipped == ["alpha"] and not later.changed
+
+    # an installation that remembered a failed path before this fix can forget it with `documents delete`
+    state = load_state(s)
+    state.user_paths.append(str(bad))
+    from ingest.state import save_state
+
+    save_state(s, state)
+    assert len(run(s, embedder=embedder).failed) == 1
+    assert delete_document(s, str(bad)) == [user_doc_id(bad)]
+    assert not run(s, embedder=embedder).failed
+    state.user_paths = [str(bad)]
+    save_state(s, state)
+    assert delete_document(s, user_doc_id(bad)) == [user_doc_id(bad)] and load_state(s).user_paths == []
+
+
+def test_a_failed_path_inside_a_new_and_a_remembered_ingest_keeps_the_good_ones(tmp_path, embedder):
+    s = make_root(tmp_path / "root", {})
+    good, bad = tmp_path / "good.md", tmp_path / "bad.md"
+    good.write_text("# Good\n\nA fine note about LoRA ranks.\n", encoding="utf-8")
+    bad.write_bytes(b"")
+    summary = run(s, [good, bad], embedder=embedder)
+    assert summary.added == [user_doc_id(good)] and len(summary.failed) == 1
+    assert load_state(s).user_paths == [str(good)]
+    good.write_bytes(b"")  # a remembered file that breaks later stays remembered: its earlier version is kept
+    assert len(run(s, [good], embedder=embedder).failed) == 1
+    assert load_state(s).user_paths == [str(good)] and user_doc_id(good) in list_documents(s)
+
+
 # ---------------------------------------------------------------- crash safety and the CLI
 
 
@@ -364,6 +421,60 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path, corpus_index, embedd
     assert {k: len(v) for k, v in docs.items()} == {k: len(v) for k, v in by_doc(full).items()}
     state = load_state(s)
     assert state.complete and state.documents == load_state(corpus_index).documents
+
+
+@contextlib.contextmanager
+def hold_index_lock(settings):
+    """Hold <data_dir>/index.lock the way another ingest process holds it."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "index.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_ingests_at_once_wait_for_each_other_and_index_like_one(tmp_path, embedder):
+    """Two CLI ingests start while this test holds the index lock: both wait, saying so, then run one at a time."""
+    root = tmp_path / "root"
+    clean = make_root(root, {d: doc_text(d) for d in ("alpha", "beta", "gamma")}, data_dir=str(tmp_path / "clean"))
+    run(clean, embedder=embedder)
+    shared = load_settings("test", root=root)  # what the CLI in `root` uses: data/test under it
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FTATLAS_INGEST__CHUNK_TOKENS": "64", "FTATLAS_INGEST__CHUNK_OVERLAP": "8"}
+    procs = []
+    with hold_index_lock(shared):
+        for _ in range(2):
+            procs.append(subprocess.Popen(CLI + ["ingest", "--quiet"], cwd=root, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        for p in procs:  # each says it waits before it touches anything
+            lines: list[str] = []
+            while not lines or "waiting up to" not in lines[-1]:
+                lines.append(p.stderr.readline())
+                assert lines[-1], ("the ingest ended without waiting", lines)
+            assert str(shared.data_dir) in lines[-1], lines
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted(o[0].count("3 added") for o in outs) == [0, 1]  # one ingested, the other found it done
+    assert stored(shared).keys() == stored(clean).keys()
+    assert set(assert_consistent(shared)) == {"alpha", "beta", "gamma"}
+    assert load_state(shared).documents == load_state(clean).documents
+
+
+@pytest.mark.timeout(120)
+def test_a_writer_that_waits_too_long_gives_up_clearly(tmp_path, embedder):
+    s = make_root(tmp_path / "root", {"alpha": doc_text("alpha")}, lock_timeout_s=0.5)
+    with hold_index_lock(s):
+        done = []
+        t = threading.Thread(target=lambda: done.append(pytest.raises(IngestError, run, s, None, embedder)))
+        t.start()
+        t.join(30)
+    assert done and "gave up after 0.5 s" in str(done[0].value) and "lock_timeout_s" in str(done[0].value)
+    with hold_index_lock(s):
+        t = threading.Thread(target=lambda: done.append(pytest.raises(IngestError, delete_document, s, "alpha")))
+        t.start()
+        t.join(30)
+    assert len(done) == 2
+    assert run(s, embedder=embedder).added == ["alpha"]  # the lock is free again once its holder is done
 
 
 @pytest.mark.timeout(120)
