@@ -47,27 +47,32 @@ class TransformersEngine:
 
     def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)["input_ids"].to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sample = params.temperature > 0
+        done = threading.Event()  # set when the caller stops reading (or a stop string ends it): generate stops too
         kwargs = dict(input_ids=ids, max_new_tokens=params.max_tokens, streamer=streamer, do_sample=sample,
-                      repetition_penalty=params.repeat_penalty, pad_token_id=self.tokenizer.eos_token_id)
+                      repetition_penalty=params.repeat_penalty, pad_token_id=self.tokenizer.eos_token_id,
+                      stopping_criteria=StoppingCriteriaList([lambda input_ids, scores, **kw: done.is_set()]))
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         with self._lock:
             worker = threading.Thread(target=lambda: torch.no_grad()(self.model.generate)(**kwargs), daemon=True)
             worker.start()
             text = ""
-            for delta in streamer:
-                text += delta
-                stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
-                if stop_at >= 0:
-                    break
-                yield delta
-            worker.join()
+            try:
+                for delta in streamer:
+                    text += delta
+                    stop_at = min((text.find(s) for s in params.stop if s in text), default=-1)
+                    if stop_at >= 0:
+                        break
+                    yield delta
+            finally:
+                done.set()
+                worker.join()
 
     def ready(self) -> bool:
         return True
