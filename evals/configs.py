@@ -23,11 +23,14 @@ class Config:
 
 
 def all_configs(settings, models: set[str]) -> list[Config]:
-    """Every configuration this set-up can run: the reranker row needs retrieval.reranker, the LoRA row a served adapter.
+    """Every configuration this set-up can run: the reranker row needs retrieval.reranker, each LoRA row its served
+    adapter (atlas-rag-lora for llm.adapter, atlas-rag-lora-<base> for each llm.adapters entry).
 
     Example: no reranker, models {'atlas-base', 'atlas-rag'} -> atlas-base, atlas-rag-dense, atlas-rag-bm25, atlas-rag,
     llamaindex-stock.
     """
+    from serve.models import lora_spec
+
     out = [
         Config("atlas-base", "atlas-base", None, "closed-book"),
         Config("atlas-rag-dense", "atlas-rag", {"mode": "dense", "rerank": False}, "dense only"),
@@ -38,6 +41,9 @@ def all_configs(settings, models: set[str]) -> list[Config]:
         out.append(Config("atlas-rag-rerank", "atlas-rag", {"mode": "hybrid", "rerank": True}, "hybrid + reranker"))
     if "atlas-rag-lora" in models:
         out.append(Config("atlas-rag-lora", "atlas-rag-lora", {"mode": "hybrid", "rerank": False}, "hybrid + LoRA adapter"))
+    for base, spec in ((b, lora_spec(b)) for b in settings.llm.adapters):
+        if spec.name in models:
+            out.append(Config(spec.name, spec.name, {"mode": "hybrid", "rerank": False}, f"hybrid + LoRA adapter on {base}"))
     out.append(Config(BASELINE, "atlas-rag", None, "LlamaIndex stock pipeline", stock=True))
     return out
 

@@ -46,7 +46,10 @@ class LLMSettings(BaseModel):
     n_ctx: int = Field(8192, description="Context window in tokens (llama.cpp's own default of 512 is far too small).")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; None lets it choose.")
     adapter: Path | None = Field(None, description="LoRA adapter folder (peft layout) served as atlas-rag-lora.")
-    max_tokens: int = Field(200, description="Default answer length in tokens.")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="Base model (an llm.model value, e.g. a GGUF) "
+                                      "-> its LoRA adapter folder, each served as atlas-rag-lora-<base> by the "
+                                      "llamacpp and transformers engines.")
+    max_tokens: int = Field(256, description="Default answer length in tokens: evidence quotes plus the answer.")
     temperature: float = Field(0.0, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.9, description="Default nucleus sampling threshold.")
     repeat_penalty: float = Field(1.15, description="Repetition penalty; small models loop without it.")
@@ -58,7 +61,9 @@ class LLMSettings(BaseModel):
     vllm_startup_timeout_s: float = Field(600.0, description="How long to wait for vllm's /health.")
     grounding_overlap: float = Field(0.6, description="Min share of a sentence's content tokens found in one cited passage sentence.")
     grounding_similarity: float = Field(0.5, description="Min embedding cosine between a sentence and that passage sentence (both must hold).")
-    generate_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages the model writes itself; others are answered by quoting passages.")
+    generate_languages: list[str] | None = Field(None, description="Languages the model writes itself; others are "
+                                                 "answered by quoting passages. None: those its base can write "
+                                                 "(SmolLM2: en; Gemma 3: en, ru).")
     refuse_below: float = Field(0.35, description="Decline when no passage sentence reaches this relevance to the question.")
     model_refusal_below: float = Field(0.9, description="The model's own 'no answer' stands only below this best relevance; "
                                        "above it the passages are quoted (unanswerable training questions peak at 0.86).")
@@ -101,7 +106,7 @@ class EvalSettings(BaseModel):
     questions: Path = Field(Path("evals/questions.jsonl"), description="The gold question set.")
     reports_dir: Path = Field(Path("reports"), description="Where eval runs are written.")
     thresholds: Path = Field(Path("evals/thresholds.json"), description="Committed retrieval-gate thresholds.")
-    max_tokens: int = Field(160, description="Answer length during evals.")
+    max_tokens: int = Field(256, description="Answer length during evals: evidence quotes plus the answer.")
 
 
 class Settings(BaseSettings):

@@ -23,6 +23,21 @@ def bundled_gguf() -> Path:
     return path
 
 
+# What each base family writes well enough to be let answer in (the rest is answered by quoting the passages).
+# Measured for issue 13: SmolLM2-135M loops or writes gibberish in Russian; Gemma 3 270M (multilingual) copies the
+# right Russian sentence. Matched on the model's name, file or id, lower-cased.
+WRITES = (("gemma", ("en", "ru")), ("smollm", ("en",)), ("bundled", ("en",)))
+
+
+def languages_written(model: str) -> list[str]:
+    """Languages a model writes, by its llm.model value; English alone for a model not in WRITES.
+
+    Example: 'bundled' -> ['en']; '/m/gemma-3-270m-q4_k_m.gguf' -> ['en', 'ru']; 'Qwen/Qwen2-0.5B' -> ['en'].
+    """
+    name = str(model).lower()
+    return next((list(langs) for key, langs in WRITES if key in name), ["en"])
+
+
 @dataclass
 class GenerationParams:
     max_tokens: int = 200
