@@ -105,19 +105,17 @@ def test_an_unsupported_opening_stops_the_generation_at_once(rag):
 
 
 def test_the_real_model_stops_as_soon_as_its_opening_fails(rag):
-    """The bundled SmolLM2, answering for real: the generation ends at the first unsupported sentence."""
+    """The bundled SmolLM2, answering for real: it lists, unsupported, up to max_tokens (measured: 160 of 160);
+    the generation now ends at its first unsupported sentence."""
     from serve import RagEngine
 
     counting = Counting(rag.engine())
     engine = RagEngine(rag.settings, engine=counting, retriever=rag.retriever)
-    question = "What does RAFT add to RAG?"
-    msgs = [{"role": "user", "content": question}]
-    out = engine.complete("atlas-rag", msgs, max_tokens=160)
-    prep = engine.prepare("atlas-rag", msgs, max_tokens=160)
-    unimpeded = sum(1 for _ in rag.engine().stream(prep.messages, engine.params(160)))
+    msgs = [{"role": "user", "content": "Which parameters does BitFit update during fine-tuning, and what stays frozen?"}]
+    out = engine.complete("atlas-rag", msgs, max_tokens=96)
     assert out["grounding"]["mode"] == "extractive" and out["grounding"]["stopped_early"]
-    assert counting.pulled < unimpeded / 2, (counting.pulled, unimpeded)
-    assert re.search(r"\[\d\]", out["choices"][0]["message"]["content"])
+    assert counting.pulled < 48, counting.pulled
+    assert re.search(r"BitFit.*\[\d\]", out["choices"][0]["message"]["content"]), "the passages are quoted instead"
 
 
 def test_evals_score_the_content_not_the_evidence(rag, embedder):
