@@ -61,9 +61,10 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
 
         judge = Judge(judge_endpoint, settings.data_dir / "judge-cache", judge_model, judge_api_key, settings.llm.timeout_s)
         run.judge = f"{judge.model} at {judge_endpoint}"
-    from serve.models import adapter_folders
+    from serve.models import configured
 
-    loras = {m: folder for m, folder in adapter_folders(settings).items() if any(c.model == m for c in chosen)}
+    loras = {m: settings.path(spec.folder) for m, spec in configured(settings).items()
+             if spec.adapter and any(c.model == m for c in chosen)}
     for model, lora in loras.items():
         run.notes.append(adapter_note(lora, model))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,

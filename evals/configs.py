@@ -29,7 +29,7 @@ def all_configs(settings, models: set[str]) -> list[Config]:
     Example: no reranker, models {'atlas-base', 'atlas-rag'} -> atlas-base, atlas-rag-dense, atlas-rag-bm25, atlas-rag,
     llamaindex-stock.
     """
-    from serve.models import lora_spec
+    from serve.models import configured
 
     out = [
         Config("atlas-base", "atlas-base", None, "closed-book"),
@@ -39,11 +39,10 @@ def all_configs(settings, models: set[str]) -> list[Config]:
     ]
     if settings.retrieval.reranker:
         out.append(Config("atlas-rag-rerank", "atlas-rag", {"mode": "hybrid", "rerank": True}, "hybrid + reranker"))
-    if "atlas-rag-lora" in models:
-        out.append(Config("atlas-rag-lora", "atlas-rag-lora", {"mode": "hybrid", "rerank": False}, "hybrid + LoRA adapter"))
-    for base, spec in ((b, lora_spec(b)) for b in settings.llm.adapters):
-        if spec.name in models:
-            out.append(Config(spec.name, spec.name, {"mode": "hybrid", "rerank": False}, f"hybrid + LoRA adapter on {base}"))
+    for name, spec in configured(settings).items():
+        if spec.adapter and name in models:
+            out.append(Config(name, name, {"mode": "hybrid", "rerank": False},
+                              "hybrid + LoRA adapter" + (f" on {spec.base}" if spec.base else "")))
     out.append(Config(BASELINE, "atlas-rag", None, "LlamaIndex stock pipeline", stock=True))
     return out
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from pathlib import Path
 
-LORA = "atlas-rag-lora"
+from .bases import DEFAULT_LORA, lora_models
+from .errors import EngineUnavailable
+
+LORA = DEFAULT_LORA
 
 
 @dataclass(frozen=True)
@@ -14,11 +17,12 @@ class ModelSpec:
     retrieval: bool
     adapter: bool
     description: str
-    base: str | None = None  # the llm.adapters key (the base model it runs on); None: llm.model, with llm.adapter
+    base: str | None = None  # the base an atlas-rag-lora-<base> model runs on; None: llm.model
+    folder: Path | None = None  # its adapter folder
 
     @property
     def slot(self) -> bool | str:
-        """Which engine answers: False the base model, True llm.adapter, or the base name of an llm.adapters entry."""
+        """Which engine answers: False the base model, True the default adapter, or the base of another adapter."""
         return self.base if self.base is not None else self.adapter
 
 
@@ -27,30 +31,22 @@ MODELS: dict[str, ModelSpec] = {
     for s in (
         ModelSpec("atlas-rag", True, False, "retrieval over the corpus + the base model"),
         ModelSpec("atlas-base", False, False, "closed-book: the base model alone"),
-        ModelSpec(LORA, True, True, "retrieval + the base model with the LoRA adapter (llm.adapter)"),
     )
 }
 
 
-def lora_spec(base: str) -> ModelSpec:
-    """The model that serves llm.adapters[base]. Example: 'gemma3-270m' -> atlas-rag-lora-gemma3-270m;
-    a GGUF path '/m/gemma-3-270m-q4_k_m.gguf' -> atlas-rag-lora-gemma-3-270m-q4_k_m."""
-    stem = re.sub(r"\.gguf$", "", base.rstrip("/").split("/")[-1], flags=re.I).lower()
-    return ModelSpec(f"{LORA}-{stem}", True, True, f"retrieval + {base} with its LoRA adapter (llm.adapters)", base)
+def adapter_specs(llm) -> dict[str, ModelSpec]:
+    """atlas-rag-lora (the adapter for llm.model's base) and atlas-rag-lora-<base> for the other llm.adapters entries.
+    Raises EngineUnavailable when the adapter settings name an unknown base or two default adapters."""
+    return {name: ModelSpec(name, True, True, f"retrieval + {base or llm.model} with the LoRA adapter {folder}",
+                            None if name == LORA else base, folder)
+            for name, (base, folder) in lora_models(llm).items()}
 
 
 def configured(settings) -> dict[str, ModelSpec]:
-    """Every model these settings serve when all their adapters load, in /v1/models order."""
-    out = {n: s for n, s in MODELS.items() if not s.adapter or settings.llm.adapter}
-    for base in settings.llm.adapters:
-        spec = lora_spec(base)
-        out[spec.name] = spec
-    return out
-
-
-def adapter_folders(settings) -> dict:
-    """Model name -> the adapter folder it serves. Example: llm.adapter 'runs/a/adapter', llm.adapters
-    {'gemma3-270m': 'runs/b/adapter'} -> {'atlas-rag-lora': .../runs/a/adapter, 'atlas-rag-lora-gemma3-270m': .../runs/b/adapter}."""
-    llm = settings.llm
-    out = {LORA: settings.path(llm.adapter)} if llm.adapter else {}
-    return out | {lora_spec(base).name: settings.path(folder) for base, folder in llm.adapters.items()}
+    """Every model these settings serve when all their adapters load, in /v1/models order (without the adapters when
+    their settings are inconsistent: RagEngine.load_adapter says why)."""
+    try:
+        return MODELS | adapter_specs(settings.llm)
+    except EngineUnavailable:
+        return dict(MODELS)

@@ -12,7 +12,7 @@ from .answer import grounded_answer
 from .engines import Engine, GenerationParams, create_engine, languages_written
 from .errors import BadRequest, ContextOverflow, EngineUnavailable, UnknownModel
 from .grounding import Grounder, reading
-from .models import LORA, ModelSpec, adapter_folders, configured
+from .models import LORA, ModelSpec, adapter_specs, configured
 from .prompt import NO_ANSWER, build_messages
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
 
@@ -75,24 +75,29 @@ class RagEngine:
             return self._engines[adapter]
 
     def _engine_settings(self, slot: bool | str):
-        """The settings an engine is built from: for an llm.adapters entry, its base as llm.model and it as llm.adapter."""
-        llm = self.settings.llm
-        if not isinstance(slot, str):
+        """The settings an engine is built from: an adapter's folder as llm.adapter, its base as llm.model."""
+        if slot is False:
             return self.settings
-        if llm.engine not in ("llamacpp", "transformers"):
-            raise EngineUnavailable(f"llm.adapters are served by the in-process engines (llamacpp, transformers), "
-                                    f"not by {llm.engine}; use llm.adapter")
-        update = {"model": slot, "adapter": llm.adapters[slot]}
+        llm = self.settings.llm
+        spec = next(s for s in adapter_specs(llm).values() if s.slot == slot)
+        if isinstance(slot, str) and llm.engine not in ("llamacpp", "transformers"):
+            raise EngineUnavailable(f"atlas-rag-lora-<base> models are served by the in-process engines (llamacpp, "
+                                    f"transformers), not by {llm.engine}")
+        update = {"adapter": spec.folder} | ({"model": spec.base} if isinstance(slot, str) else {})
         return self.settings.model_copy(update={"llm": llm.model_copy(update=update)})
 
     def load_adapter(self) -> None:
         """Load every configured adapter at start-up; a bad one is refused with its reason and the other models go on."""
-        specs = configured(self.settings)
-        for name, folder in adapter_folders(self.settings).items():
+        try:
+            specs = adapter_specs(self.settings.llm)
+        except EngineUnavailable as e:  # the adapter settings contradict themselves: no adapter is served
+            self.adapter_errors[LORA] = str(e)
+            return
+        for name, spec in specs.items():
             try:
-                self.engine(specs[name].slot)
+                self.engine(spec.slot)
             except Exception as e:  # AdapterError, EngineUnavailable, loader errors: all mean "not served"
-                self.adapter_errors[name] = f"adapter {folder} refused: {e}"
+                self.adapter_errors[name] = f"adapter {spec.folder} refused: {e}"
 
     def writes(self, spec: ModelSpec) -> list[str]:
         """Languages the model behind `spec` writes itself: llm.generate_languages when set, else what its base can."""

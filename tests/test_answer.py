@@ -155,9 +155,9 @@ def test_russian_reaches_a_model_that_writes_it_and_not_one_that_does_not(rag):
 def test_languages_written_by_base():
     from serve.engines import languages_written
 
-    assert languages_written("bundled") == ["en"]
+    assert languages_written("bundled") == languages_written("smollm2") == ["en"]
     assert languages_written("HuggingFaceTB/SmolLM2-135M-Instruct") == ["en"]
-    assert languages_written("gemma3-270m") == ["en", "ru"]
+    assert languages_written("gemma3") == ["en", "ru"]
     assert languages_written("/x/gemma-3-270m-q4_k_m.gguf") == ["en", "ru"]
     assert languages_written("someone/unknown-7b") == ["en"]
 

@@ -259,30 +259,30 @@ def test_evidence_is_a_grounding_field_streamed_or_not_and_never_content(corpus_
 
 
 def test_each_base_adapter_is_served_by_name_in_the_api_the_ui_and_the_evals(corpus_index, rag, tmp_path):
+    """llm.adapters per base (serve/bases.py): llm.model's base is atlas-rag-lora, the others atlas-rag-lora-<base>."""
     from evals.configs import all_configs
     from serve import RagEngine, create_app
     from test_engines import tiny_adapter
 
-    good = tiny_adapter(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
-    missing_base = str(tmp_path / "gemma-3-270m-q4_k_m.gguf")
-    llm = corpus_index.llm.model_copy(update={"adapter": good, "adapters": {"bundled": good, missing_base: good}})
+    smol = tiny_adapter(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # llm.model gemma3 (its engine is the session's, injected): its adapter, a SmolLM2 one, does not fit and is refused
+    llm = corpus_index.llm.model_copy(update={"model": "gemma3", "adapters": {"smollm2": smol, "gemma3": smol}})
     settings = corpus_index.model_copy(update={"llm": llm})
     engine = RagEngine(settings, engine=rag.engine(), retriever=rag.retriever)
     engine.load_adapter()
-    assert list(engine.adapter_errors) == ["atlas-rag-lora-gemma-3-270m-q4_k_m"]
-    assert "does not exist" in engine.adapter_errors["atlas-rag-lora-gemma-3-270m-q4_k_m"]
-    served = ["atlas-rag", "atlas-base", "atlas-rag-lora", "atlas-rag-lora-bundled"]
+    assert list(engine.adapter_errors) == ["atlas-rag-lora"] and "refused" in engine.adapter_error
+    served = ["atlas-rag", "atlas-base", "atlas-rag-lora-smollm2"]
     with TestClient(create_app(settings, rag=engine, start=False)) as c:
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == served
-        r = ask(c, "What is LoRA?", model="atlas-rag-lora-bundled")
+        r = ask(c, "What is LoRA?", model="atlas-rag-lora-smollm2")
         assert r.status_code == 200 and r.json()["sources"], r.text
-        refused = ask(c, "What is LoRA?", model="atlas-rag-lora-gemma-3-270m-q4_k_m")
-        assert refused.status_code == 404 and "does not exist" in refused.json()["error"]["message"]
+        refused = ask(c, "What is LoRA?", model="atlas-rag-lora")
+        assert refused.status_code == 404 and "refused" in refused.json()["error"]["message"]
         config = c.get("/config").json()
     mode = next(x for x in config["components"] if x.get("props", {}).get("elem_id") == "mode")
-    assert [ch[0] if isinstance(ch, list) else ch for ch in mode["props"]["choices"]][:4] == served
+    choices = [ch[0] if isinstance(ch, list) else ch for ch in mode["props"]["choices"]]
+    assert choices == ["atlas-rag", "atlas-base", "atlas-rag-lora", "atlas-rag-lora-smollm2"]  # configured ones
     names = [cfg.name for cfg in all_configs(settings, set(engine.models()))]
-    assert "atlas-rag-lora" in names and "atlas-rag-lora-bundled" in names
-    assert "atlas-rag-lora-gemma-3-270m-q4_k_m" not in names
+    assert "atlas-rag-lora-smollm2" in names and "atlas-rag-lora" not in names
     engine._engines.pop(False)  # the shared session engine stays open for the other tests
     engine.close()

@@ -23,19 +23,35 @@ def bundled_gguf() -> Path:
     return path
 
 
-# What each base family writes well enough to be let answer in (the rest is answered by quoting the passages).
+# What each registered base writes well enough to be let answer in (the rest is answered by quoting the passages).
 # Measured for issue 13: SmolLM2-135M loops or writes gibberish in Russian; Gemma 3 270M (multilingual) copies the
-# right Russian sentence. Matched on the model's name, file or id, lower-cased.
-WRITES = (("gemma", ("en", "ru")), ("smollm", ("en",)), ("bundled", ("en",)))
+# right Russian sentence.
+WRITES = {"smollm2": ["en"], "gemma3": ["en", "ru"]}
 
 
 def languages_written(model: str) -> list[str]:
-    """Languages a model writes, by its llm.model value; English alone for a model not in WRITES.
+    """Languages a model writes, by its llm.model value; English alone for a model that is not a registered base.
 
-    Example: 'bundled' -> ['en']; '/m/gemma-3-270m-q4_k_m.gguf' -> ['en', 'ru']; 'Qwen/Qwen2-0.5B' -> ['en'].
+    Example: 'bundled' -> ['en']; 'gemma3' -> ['en', 'ru']; '/m/gemma-3-270m-q4_k_m.gguf' -> ['en', 'ru'];
+    'Qwen/Qwen2-0.5B' -> ['en'].
     """
-    name = str(model).lower()
-    return next((list(langs) for key, langs in WRITES if key in name), ["en"])
+    from ..bases import base_of_model
+
+    return list(WRITES.get(base_of_model(str(model)) or "", ["en"]))
+
+
+def resolve_model(model: str):
+    """(what to load, the registered base it is or None): a base name becomes its shipped GGUF.
+
+    Example: 'bundled' -> (<the SmolLM2 GGUF>, smollm2); '/m/gemma-3-270m-q4_k_m.gguf' -> (that path, gemma3);
+    'org/x' -> ('org/x', None).
+    """
+    from ..bases import base_named, base_of_model
+
+    entry = base_named(model)
+    if entry is not None:
+        return entry.gguf(), entry
+    return model, base_named(base_of_model(model) or "")
 
 
 @dataclass

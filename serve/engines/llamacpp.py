@@ -7,7 +7,17 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import EngineUnavailable
-from .base import GenerationParams, bundled_gguf
+from .base import GenerationParams, resolve_model
+
+
+def chat_handler(base):
+    """llama.cpp's chat format for a base whose GGUF carries no template (serve/bases.py gives it); None: the GGUF's."""
+    if base is None or not base.chat_template:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(base.chat_template, eos_token=base.end_of_turn or "<eos>", bos_token="<bos>",
+                               add_generation_prompt=True).to_chat_handler()
 
 
 class LlamaCppEngine:
@@ -17,7 +27,8 @@ class LlamaCppEngine:
         from llama_cpp import Llama
 
         llm = settings.llm
-        self.model_path = bundled_gguf() if llm.model == "bundled" else Path(settings.path(llm.model))
+        model, base = resolve_model(llm.model)
+        self.model_path = Path(settings.path(model))
         lora = None
         if adapter:
             from finetune import gguf_adapter, validate_adapter
@@ -28,7 +39,7 @@ class LlamaCppEngine:
         try:
             self.llm = Llama(
                 model_path=str(self.model_path), n_ctx=llm.n_ctx, n_threads=llm.n_threads, lora_path=lora,
-                verbose=False, seed=0,
+                verbose=False, seed=0, chat_handler=chat_handler(base),
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise EngineUnavailable(f"llamacpp engine: cannot load {self.model_path}: {e}") from e
