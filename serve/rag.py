@@ -68,7 +68,7 @@ class RagEngine:
         return known[model]
 
     def engine(self, adapter: bool | str = False) -> Engine:
-        """The engine of a ModelSpec.slot: the base model (False), llm.adapter (True), or llm.adapters[base] (base)."""
+        """The engine of a ModelSpec.slot: the base model (False), its adapter (True), or another base's adapter (base)."""
         with self._engine_lock:
             if adapter not in self._engines:
                 self._engines[adapter] = create_engine(self._engine_settings(adapter), adapter=bool(adapter))
@@ -79,7 +79,9 @@ class RagEngine:
         if slot is False:
             return self.settings
         llm = self.settings.llm
-        spec = next(s for s in adapter_specs(llm).values() if s.slot == slot)
+        spec = next((s for s in adapter_specs(llm).values() if s.slot == slot), None)
+        if spec is None:
+            raise EngineUnavailable(f"no adapter is configured for {'llm.model' if slot is True else slot}")
         if isinstance(slot, str) and llm.engine not in ("llamacpp", "transformers"):
             raise EngineUnavailable(f"atlas-rag-lora-<base> models are served by the in-process engines (llamacpp, "
                                     f"transformers), not by {llm.engine}")
