@@ -43,7 +43,7 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
                    else in_process(settings, retrieval_embedder, answers=not retrieval_only))
     chosen = select(all_configs(settings, backend.models), configs)
     if retrieval_only and not configs:
-        chosen = [c for c in chosen if c.retrieves and c.model != "atlas-rag-lora"]  # lora retrieves as atlas-rag does
+        chosen = [c for c in chosen if c.retrieves and not c.model.startswith("atlas-rag-lora")]  # they retrieve as atlas-rag
     reports = Path(reports_dir) if reports_dir else settings.path(settings.evals.reports_dir)
     run = Run(new_run_id(reports), backend.name, chosen, asked, answers=not retrieval_only and backend.complete is not None)
     baseline = None
@@ -64,15 +64,18 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
 
         judge = Judge(judge_endpoint, settings.data_dir / "judge-cache", judge_model, judge_api_key, settings.llm.timeout_s)
         run.judge = f"{judge.model} at {judge_endpoint}"
-    lora = settings.llm.adapter if any(c.model == "atlas-rag-lora" for c in chosen) else None
-    if lora:
-        run.notes.append(adapter_note(settings.path(lora), settings.root))
+    from serve.models import configured
+
+    loras = {m: settings.path(spec.folder) for m, spec in configured(settings).items()
+             if spec.adapter and any(c.model == m for c in chosen)}
+    for model, lora in loras.items():
+        run.notes.append(adapter_note(lora, settings.root, model))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,
             temperature=0.0, progress=progress)
     full = run.answers and len(asked) == len(questions) and sets in ("dev", "all")  # latest stays a dev-set report
     folder = write_report(run, reports, latest=full)
-    if lora and run.answers:
-        record_in_run(settings.path(lora), folder, run.records, settings.root)
+    for lora in loras.values() if run.answers else []:
+        record_in_run(lora, folder, run.records, settings.root)
     return run, folder
 
 

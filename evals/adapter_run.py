@@ -1,4 +1,4 @@
-"""Ties an eval of atlas-rag-lora to the training run that made its adapter: a report note, and eval.json in the run."""
+"""Ties an eval of an atlas-rag-lora model to the training run that made its adapter: a report note, and eval.json in the run."""
 
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ def shown(path: Path, root: Path | None) -> str:
     return str(path)
 
 
-def adapter_note(adapter: Path, root: Path | None = None) -> str:
+def adapter_note(adapter: Path, root: Path | None = None, model: str = "atlas-rag-lora") -> str:
     """Example: 'atlas-rag-lora: adapter runs/x/adapter (run x: 48 steps in 1174 s, ...)'; paths relative to `root`."""
     info = training_run(adapter)
     if info is None:
-        return f"atlas-rag-lora: adapter {shown(adapter, root)}"
+        return f"{model}: adapter {shown(adapter, root)}"
     size = sum(f.stat().st_size for f in Path(adapter).glob("adapter_model.*")) / 2**20
     facts = ", ".join(f"{k} {info[k]:.4g}" if isinstance(info.get(k), float) else f"{k} {info.get(k)}"
                       for k in SHOWN_RUN if info.get(k) is not None)
-    return f"atlas-rag-lora: adapter {shown(adapter, root)} ({size:.1f} MiB; run {info.get('run_id')}: {facts})"
+    return f"{model}: adapter {shown(adapter, root)} ({size:.1f} MiB; run {info.get('run_id')}: {facts})"
 
 
 def record_in_run(adapter: Path, report_folder: Path, records: list[dict], root: Path | None = None) -> Path | None:

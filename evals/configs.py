@@ -23,11 +23,14 @@ class Config:
 
 
 def all_configs(settings, models: set[str]) -> list[Config]:
-    """Every configuration this set-up can run: the reranker row needs retrieval.reranker, the LoRA row a served adapter.
+    """Every configuration this set-up can run: the reranker row needs retrieval.reranker, each LoRA row its served
+    adapter (atlas-rag-lora for llm.adapter, atlas-rag-lora-<base> for each llm.adapters entry).
 
     Example: no reranker, models {'atlas-base', 'atlas-rag'} -> atlas-base, atlas-rag-dense, atlas-rag-bm25, atlas-rag,
     llamaindex-stock.
     """
+    from serve.models import configured
+
     out = [
         Config("atlas-base", "atlas-base", None, "closed-book"),
         Config("atlas-rag-dense", "atlas-rag", {"mode": "dense", "rerank": False}, "dense only"),
@@ -36,8 +39,10 @@ def all_configs(settings, models: set[str]) -> list[Config]:
     ]
     if settings.retrieval.reranker:
         out.append(Config("atlas-rag-rerank", "atlas-rag", {"mode": "hybrid", "rerank": True}, "hybrid + reranker"))
-    if "atlas-rag-lora" in models:
-        out.append(Config("atlas-rag-lora", "atlas-rag-lora", {"mode": "hybrid", "rerank": False}, "hybrid + LoRA adapter"))
+    for name, spec in configured(settings).items():
+        if spec.adapter and name in models:
+            out.append(Config(name, name, {"mode": "hybrid", "rerank": False},
+                              "hybrid + LoRA adapter" + (f" on {spec.base}" if spec.base else "")))
     out.append(Config(BASELINE, "atlas-rag", None, "LlamaIndex stock pipeline", stock=True))
     return out
 

@@ -282,13 +282,13 @@ def bench_decode(settings: Settings, builds, tokens, rounds, out) -> None:
     import json
 
     from serve.bench_decode import compare, parse_build
-    from serve.engines import bundled_gguf
+    from serve.engines.base import resolve_model
 
     try:
         specs = [parse_build(b) for b in builds] or [("installed", "", True)]
     except ValueError as e:
         raise click.BadParameter(str(e)) from e
-    model = str(bundled_gguf() if settings.llm.model == "bundled" else settings.path(settings.llm.model))
+    model = str(settings.path(resolve_model(settings.llm.model)[0]))
     result = compare(specs, model, tokens, rounds, settings.llm.n_threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": model, "tokens": tokens, "rounds": rounds, "builds": result}, indent=1))
@@ -330,27 +330,34 @@ def serve(settings: Settings, engine, model, base_url, host, port) -> None:
 
 @cli.command()
 @click.argument("question")
-@click.option("--mode", default="atlas-rag", show_default=True, help="atlas-rag, atlas-base or atlas-rag-lora.")
+@click.option("--mode", default="atlas-rag", show_default=True,
+              help="atlas-rag, atlas-base, atlas-rag-lora or atlas-rag-lora-<base> (llm.adapters).")
 @click.option("--engine", type=click.Choice(["llamacpp", "openai", "vllm", "transformers"]), default=None)
 @click.option("--max-tokens", type=int, default=None)
+@click.option("--history", "history_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSON list of earlier {role, content} turns (user/assistant): QUESTION is then a follow-up.")
 @pass_settings
 @friendly
-def ask(settings: Settings, question: str, mode: str, engine, max_tokens) -> None:
-    """Answer one question, then list the numbered sources."""
+def ask(settings: Settings, question: str, mode: str, engine, max_tokens, history_file) -> None:
+    """Answer one question, then list the numbered sources (and the model's verified quotes, if any)."""
     from ingest import ingest as run_ingest
     from serve import RagEngine
+    from serve.prompt import load_history
 
+    history = load_history(history_file) if history_file else []
     settings = _llm_overrides(settings, engine, None, None)
     _probe(settings)
     run_ingest(settings, progress=False)
     rag = RagEngine(settings)
     try:
-        if mode == "atlas-rag-lora":
+        if mode.startswith("atlas-rag-lora"):
             rag.load_adapter()
-        out = rag.complete(mode, [{"role": "user", "content": question}], max_tokens=max_tokens)
+        out = rag.complete(mode, history + [{"role": "user", "content": question}], max_tokens=max_tokens)
     finally:
         rag.close()
     click.echo(out["choices"][0]["message"]["content"])
+    for e in (out.get("grounding") or {}).get("evidence") or []:
+        click.echo(f"  evidence [{e['index']}]: {e['text']}")
     if out["sources"]:
         click.echo("\nSources:")
         for s in sorted(out["sources"], key=lambda s: s["index"]):

@@ -43,15 +43,20 @@ class RetrievalSettings(BaseModel):
 
 class LLMSettings(BaseModel):
     engine: Literal["llamacpp", "openai", "vllm", "transformers"] = Field("llamacpp", description="Which LLM engine answers.")
-    model: str = Field("bundled", description="GGUF path for llamacpp ('bundled' = SmolLM2-135M-Instruct Q4_1), model name/path for others.")
+    model: str = Field("bundled", description="A base name (smollm2 = 'bundled', gemma3) or a GGUF path for llamacpp, model name/path for others.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (…/v1) for the openai engine.")
     api_key: str = Field("not-needed", description="API key for the openai engine.")
     n_ctx: int = Field(8192, description="Context window in tokens (llama.cpp's own default of 512 is far too small).")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; None lets it choose.")
     isolate: bool = Field(True, description="Run llama.cpp in a child process: a native crash there leaves the server "
                           "up, and /health names the signal.")
-    adapter: Path | None = Field(None, description="LoRA adapter folder (peft layout) served as atlas-rag-lora.")
-    max_tokens: int = Field(200, description="Default answer length in tokens.")
+    adapter: Path | None = Field(None, description="The default LoRA adapter folder (peft layout), served as "
+                                 "atlas-rag-lora: the same as llm.adapters[<the base of llm.model>].")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="Base name (smollm2, gemma3; see "
+                                      "serve/bases.py) -> LoRA adapter folder. The entry for llm.model's base is "
+                                      "atlas-rag-lora, every other one atlas-rag-lora-<base>.")
+    max_tokens: int = Field(320, description="Default answer length in tokens: evidence quotes plus the answer (dev "
+                            "set, one quote + answer: p95 155 SmolLM2 en, 167 Gemma ru; two quotes: p95 334, 249).")
     temperature: float = Field(0.0, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.9, description="Default nucleus sampling threshold.")
     repeat_penalty: float = Field(1.15, description="Repetition penalty; small models loop without it.")
@@ -63,7 +68,9 @@ class LLMSettings(BaseModel):
     vllm_startup_timeout_s: float = Field(600.0, description="How long to wait for vllm's /health.")
     grounding_overlap: float = Field(0.6, description="Min share of a sentence's content tokens found in one cited passage sentence.")
     grounding_similarity: float = Field(0.5, description="Min embedding cosine between a sentence and that passage sentence (both must hold).")
-    generate_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages the model writes itself; others are answered by quoting passages.")
+    generate_languages: list[str] | None = Field(None, description="Languages the model writes itself; others are "
+                                                 "answered by quoting passages. None: those its base can write "
+                                                 "(SmolLM2: en; Gemma 3: en, ru).")
     refuse_below: float = Field(0.35, description="Decline when no passage sentence reaches this relevance to the question.")
     model_refusal_below: float = Field(0.9, description="The model's own 'no answer' stands only below this best relevance; "
                                        "above it the passages are quoted (unanswerable training questions peak at 0.86).")
@@ -131,7 +138,8 @@ class EvalSettings(BaseModel):
     heldout: Path = Field(Path("evals/heldout.jsonl"), description="The held-out gold question set: never tuned on.")
     reports_dir: Path = Field(Path("reports"), description="Where eval runs are written.")
     thresholds: Path = Field(Path("evals/thresholds.json"), description="Committed retrieval-gate thresholds.")
-    max_tokens: int = Field(160, description="Answer length during evals.")
+    max_tokens: int = Field(320, description="Answer length during evals: evidence quotes plus the answer, as "
+                            "llm.max_tokens (a generation that fails the grounding check stops at once).")
 
 
 class Settings(BaseSettings):

@@ -90,8 +90,8 @@ class AppState:
             rag = self.rag or RagEngine(self.settings, embedder=embedder)
             rag.engine()
             rag.load_adapter()
-            if rag.adapter_error:
-                print(f"ftatlas: {rag.adapter_error}", flush=True)
+            for why in rag.adapter_errors.values():
+                print(f"ftatlas: {why}", flush=True)
             self.rag = rag
         except Exception as e:  # start-up failures are reported by /health and every route, not by a crash
             self.error = f"{type(e).__name__}: {e}"

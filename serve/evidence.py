@@ -41,9 +41,8 @@ def parse_answer(text: str) -> tuple[list[Evidence], str]:
     """
     quotes = [Evidence(int(m.group(2)) if m.group(2) else None, m.group(1).strip()) for m in _QUOTE.finditer(text)]
     head, marker, tail = text.partition(ANSWER)
-    answer = tail if marker else _QUOTE.sub("", head)
-    # An unfinished quote (generation cut inside it) is not answer text either.
-    answer = answer.split(BEGIN)[0] if not marker else answer
+    # Quotes are never answer text, wherever the model wrote them; nor is an unfinished one (generation cut inside it).
+    answer = _QUOTE.sub("", tail if marker else head).split(BEGIN)[0]
     return quotes, answer.strip()
 
 

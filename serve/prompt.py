@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Callable
+
+from .errors import BadRequest
 
 from .retrieval import Passage
 
@@ -85,3 +89,25 @@ def trim_history(history: list[dict], count_tokens: Callable[[str], int] | None,
         kept.insert(0, {"role": msg["role"], "content": msg["content"]})
         used += cost
     return kept
+
+
+def load_history(path: Path) -> list[dict]:
+    """Earlier turns of a conversation from a JSON file: a list of {role: user|assistant, content: text}.
+
+    Example: '[{"role": "user", "content": "What is QLoRA?"}, {"role": "assistant", "content": "…"}]' -> those two
+    turns. BadRequest names the file and the first thing wrong with it.
+    """
+    try:
+        turns = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadRequest(f"history file {path}: cannot read it ({e.strerror or e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"history file {path}: not valid JSON ({e})") from e
+    if not isinstance(turns, list):
+        raise BadRequest(f"history file {path}: expected a JSON list of {{role, content}} turns, got {type(turns).__name__}")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            raise BadRequest(f"history file {path}: turn {i} needs a role of 'user' or 'assistant'")
+        if not isinstance(turn.get("content"), str) or not turn["content"].strip():
+            raise BadRequest(f"history file {path}: turn {i} needs a non-empty text content")
+    return [{"role": t["role"], "content": t["content"]} for t in turns]

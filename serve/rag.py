@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .engines import Engine, GenerationParams, create_engine
+from .answer import grounded_answer
+from .engines import Engine, GenerationParams, create_engine, languages_written
 from .errors import BadRequest, ContextOverflow, EngineUnavailable, UnknownModel
-from .grounding import Grounder, reading, split_generated
-from .models import MODELS, ModelSpec
+from .grounding import Grounder, reading
+from .models import LORA, ModelSpec, adapter_specs, configured
 from .prompt import NO_ANSWER, build_messages
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
 
 STOP = ["\n\n\n", "Question:", "Passages:", "<|im_end|>"]
 EXTRACTIVE_LEAD = {"en": "", "ru": "Из источников: "}
+NO_EVIDENCE = {"evidence": [], "evidence_dropped": 0, "stopped_early": False}  # answers the model did not write
 
 
 @dataclass
@@ -56,36 +57,66 @@ class RagEngine:
         self.settings = settings
         self.retriever = retriever or Retriever(settings, embedder)
         self.embedder = self.retriever.embedder
-        self._engines: dict[bool, Engine] = {}
+        self._engines: dict[bool | str, Engine] = {}  # by ModelSpec.slot
         self._engine_lock = threading.Lock()
         if engine is not None:
             self._engines[False] = engine
-        self.adapter_error: str | None = None
+        self.adapter_errors: dict[str, str] = {}  # model name -> why its adapter is not served
 
     # -- models --------------------------------------------------------------------------------------------
+    @property
+    def adapter_error(self) -> str | None:
+        """Why atlas-rag-lora (llm.adapter) is not served, if it is not."""
+        return self.adapter_errors.get(LORA)
+
     def models(self) -> list[str]:
-        return [m for m, spec in MODELS.items() if not spec.adapter or (self.settings.llm.adapter and not self.adapter_error)]
+        return [m for m in configured(self.settings) if m not in self.adapter_errors]
 
     def spec(self, model: str) -> ModelSpec:
-        if model not in MODELS or model not in self.models():
-            why = f" ({self.adapter_error})" if model in MODELS and self.adapter_error else ""
+        known = configured(self.settings)
+        if model not in known or model in self.adapter_errors:
+            why = f" ({self.adapter_errors[model]})" if model in self.adapter_errors else ""
             raise UnknownModel(f"model {model!r} is not served{why}; available: {', '.join(self.models())}")
-        return MODELS[model]
+        return known[model]
 
-    def engine(self, adapter: bool = False) -> Engine:
+    def engine(self, adapter: bool | str = False) -> Engine:
+        """The engine of a ModelSpec.slot: the base model (False), its adapter (True), or another base's adapter (base)."""
         with self._engine_lock:
             if adapter not in self._engines:
-                self._engines[adapter] = create_engine(self.settings, adapter=adapter)
+                self._engines[adapter] = create_engine(self._engine_settings(adapter), adapter=bool(adapter))
             return self._engines[adapter]
 
+    def _engine_settings(self, slot: bool | str):
+        """The settings an engine is built from: an adapter's folder as llm.adapter, its base as llm.model."""
+        if slot is False:
+            return self.settings
+        llm = self.settings.llm
+        spec = next((s for s in adapter_specs(llm).values() if s.slot == slot), None)
+        if spec is None:
+            raise EngineUnavailable(f"no adapter is configured for {'llm.model' if slot is True else slot}")
+        if isinstance(slot, str) and llm.engine not in ("llamacpp", "transformers"):
+            raise EngineUnavailable(f"atlas-rag-lora-<base> models are served by the in-process engines (llamacpp, "
+                                    f"transformers), not by {llm.engine}")
+        update = {"adapter": spec.folder} | ({"model": spec.base} if isinstance(slot, str) else {})
+        return self.settings.model_copy(update={"llm": llm.model_copy(update=update)})
+
     def load_adapter(self) -> None:
-        """Load the adapter engine at start-up; a bad adapter is refused with its reason and the other modes go on."""
-        if not self.settings.llm.adapter:
-            return
+        """Load every configured adapter at start-up; a bad one is refused with its reason and the other models go on."""
         try:
-            self.engine(adapter=True)
-        except Exception as e:  # AdapterError, EngineUnavailable, loader errors: all mean "not served"
-            self.adapter_error = f"adapter {self.settings.llm.adapter} refused: {e}"
+            specs = adapter_specs(self.settings.llm)
+        except EngineUnavailable as e:  # the adapter settings contradict themselves: no adapter is served
+            self.adapter_errors[LORA] = str(e)
+            return
+        for name, spec in specs.items():
+            try:
+                self.engine(spec.slot)
+            except Exception as e:  # AdapterError, EngineUnavailable, loader errors: all mean "not served"
+                self.adapter_errors[name] = f"adapter {spec.folder} refused: {e}"
+
+    def writes(self, spec: ModelSpec) -> list[str]:
+        """Languages the model behind `spec` writes itself: llm.generate_languages when set, else what its base can."""
+        chosen = self.settings.llm.generate_languages
+        return list(chosen) if chosen is not None else languages_written(spec.base or self.settings.llm.model)
 
     # -- preparing -----------------------------------------------------------------------------------------
     def retrieval_query(self, messages: list[dict]) -> str:
@@ -152,65 +183,26 @@ class RagEngine:
         """Answer text in pieces; `prep.timings['grounding']` is filled when the generator is exhausted."""
         lang = prep.language
         if not prep.spec.retrieval:
-            yield from self.engine(prep.spec.adapter).stream(prep.messages, params)
+            yield from self.engine(prep.spec.slot).stream(prep.messages, params)
             prep.timings["grounding"] = None
             return
         if prep.refuse:
-            prep.timings["grounding"] = {"mode": "refused", "supported": 0.0}
+            prep.timings["grounding"] = {"mode": "refused", "supported": 0.0, **NO_EVIDENCE}
             yield NO_ANSWER.get(lang, NO_ANSWER["en"])
             return
-        if lang not in self.settings.llm.generate_languages:
-            # Measured: the 135M model loops in Russian; quote the passages instead of generating.
-            prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0}
+        if lang not in self.writes(prep.spec):
+            # Measured: SmolLM2-135M loops in Russian; quote the passages instead of generating.
+            prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0, **NO_EVIDENCE}
             yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences)
             return
         yield from self._generate_grounded(prep, params)
 
     def _generate_grounded(self, prep: Prepared, params: GenerationParams) -> Iterator[str]:
-        """Stream sentence by sentence; only sentences a cited passage supports are let through."""
-        llm = self.settings.llm
-        buf, kept, total, emitted = "", [], 0, False
-        no_answer = NO_ANSWER["en"].lower()[:30]
-        said_no = False
-
-        def judge(sentence: str) -> str | None:
-            nonlocal total, said_no
-            if no_answer in sentence.lower() or "do not contain" in sentence.lower():
-                said_no = True
-                return None
-            total += 1
-            ok, n, score = prep.grounder.support(sentence, llm.grounding_overlap, llm.grounding_similarity,
-                                                 llm.grounding_top_sentences)
-            if not ok:
-                return None
-            kept.append(score)
-            return sentence if re.search(r"\[\d+\]", sentence) else f"{sentence.rstrip()} [{n}]"
-
-        for delta in self.engine(prep.spec.adapter).stream(prep.messages, params):
-            buf += delta
-            parts = split_generated(buf)
-            if len(parts) > 1 and not re.fullmatch(r"(\[\d+\]\s*)+", parts[-1]):
-                for sentence in parts[:-1]:
-                    out = judge(sentence)
-                    if out:
-                        yield (" " if emitted else "") + out
-                        emitted = True
-                buf = parts[-1]
-        for sentence in split_generated(buf):
-            out = judge(sentence)
-            if out:
-                yield (" " if emitted else "") + out
-                emitted = True
-        share = len(kept) / total if total else 0.0
-        # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
-        if not emitted and said_no and prep.grounder.best_relevance() < llm.model_refusal_below:
-            prep.timings["grounding"] = {"mode": "refused", "supported": 0.0}
-            yield NO_ANSWER.get(prep.language, NO_ANSWER["en"])
-        elif not emitted or share < llm.grounding_min_supported:
-            prep.timings["grounding"] = {"mode": "extractive", "supported": round(share, 3)}
-            yield (" " if emitted else "") + prep.grounder.extractive(llm.extractive_sentences)
-        else:
-            prep.timings["grounding"] = {"mode": "generated", "supported": round(share, 3)}
+        """The model's answer, sentence by sentence as each passes the check; quotes go to the evidence."""
+        verdict: dict = {}
+        stream = self.engine(prep.spec.slot).stream(prep.messages, params)
+        yield from grounded_answer(stream, prep.grounder, prep.passages, self.settings.llm, prep.language, verdict)
+        prep.timings["grounding"] = verdict
 
     def params(self, max_tokens=None, temperature=None, top_p=None, stop=None) -> GenerationParams:
         llm = self.settings.llm

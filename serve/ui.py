@@ -6,6 +6,8 @@ import html
 import os
 from pathlib import Path
 
+from .models import configured
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
@@ -23,6 +25,27 @@ def sources_html(sources: list[dict]) -> str:
     return "\n".join(cards)
 
 
+EVIDENCE = "\n\n<details class='evidence'>"  # where the evidence starts in a chat message
+
+
+def evidence_html(evidence: list[dict]) -> str:
+    """The model's verified quotes, folded under the answer (empty when there are none).
+
+    Example: [{'index': 2, 'text': 'LoRA freezes W.'}] -> "\\n\\n<details class='evidence'><summary>Evidence (1 quote)"
+    "</summary><blockquote>[2] LoRA freezes W.</blockquote></details>".
+    """
+    if not evidence:
+        return ""
+    quotes = "".join(f"<blockquote>[{e['index']}] {html.escape(e['text'])}</blockquote>" for e in evidence)
+    count = f"{len(evidence)} quote{'s' if len(evidence) > 1 else ''}"
+    return f"{EVIDENCE}<summary>Evidence ({count})</summary>{quotes}</details>"
+
+
+def answer_only(content: str) -> str:
+    """A chat message without its evidence, as the next turn's history. Example: 'A [1].' + evidence_html(...) -> 'A [1].'."""
+    return content.split(EVIDENCE)[0]
+
+
 def mount_ui(app, state):
     import gradio as gr
 
@@ -38,7 +61,8 @@ def mount_ui(app, state):
             yield history, "", gr.update()
             return
         engine = rag()
-        msgs = [{"role": m["role"], "content": m["content"]} for m in history if isinstance(m.get("content"), str)]
+        msgs = [{"role": m["role"], "content": answer_only(m["content"])} for m in history
+                if isinstance(m.get("content"), str)]
         msgs.append({"role": "user", "content": message})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         try:
@@ -51,6 +75,10 @@ def mount_ui(app, state):
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     history[-1]["content"] += delta
+                    yield history, "", panel
+                evidence = (chunk.get("grounding") or {}).get("evidence")
+                if evidence:
+                    history[-1]["content"] += evidence_html(evidence)
                     yield history, "", panel
         except Exception as e:  # shown in the chat, never a dead UI
             history[-1]["content"] = f"⚠️ {e}"
@@ -84,7 +112,7 @@ def mount_ui(app, state):
 
     atlas = settings.path("corpus/atlas.md")
     report = settings.path(settings.evals.reports_dir) / "latest" / "report.md"
-    models = ["atlas-rag", "atlas-base"] + (["atlas-rag-lora"] if settings.llm.adapter else [])
+    models = list(configured(settings))
 
     with gr.Blocks(title="ftatlas") as ui:
         gr.Markdown("# ftatlas — ask the Fine-Tuning Atlas\nAnswers cite their sources as [n]; the sources are listed under the chat.")

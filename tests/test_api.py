@@ -237,3 +237,52 @@ def test_a_broken_adapter_is_refused_and_the_other_modes_still_serve(corpus_inde
         r = ask(c, "What is LoRA?", model="atlas-rag-lora")
         assert r.status_code == 404 and "refused" in r.json()["error"]["message"]
         assert ask(c, "What is LoRA?").status_code == 200
+
+
+def test_evidence_is_a_grounding_field_streamed_or_not_and_never_content(corpus_index, rag):
+    """A RAFT-format reply (scripted: only a tuned adapter writes it) through the real routes, both ways."""
+    from serve import create_app
+    from test_answer import MARKERS, QLORA_Q, raft_reply, scripted_rag
+
+    reply, best = raft_reply(rag)
+    body = {"model": "atlas-rag", "max_tokens": 256, "messages": [{"role": "user", "content": QLORA_Q}]}
+    with TestClient(create_app(corpus_index, rag=scripted_rag(rag, reply), start=False, ui=False)) as c:
+        plain = c.post("/v1/chat/completions", json=body).json()
+        with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    expected = [{"index": best.n, "text": best.text}]
+    assert plain["grounding"]["evidence"] == expected and plain["grounding"]["evidence_dropped"] == 1
+    streamed = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks)
+    for content in (plain["choices"][0]["message"]["content"], streamed):
+        assert content.strip() == f"{best.text.rstrip('.')} [{best.n}]." and not any(m in content for m in MARKERS)
+    assert chunks[-1]["grounding"]["evidence"] == expected
+
+
+def test_each_base_adapter_is_served_by_name_in_the_api_the_ui_and_the_evals(corpus_index, rag, tmp_path):
+    """llm.adapters per base (serve/bases.py): llm.model's base is atlas-rag-lora, the others atlas-rag-lora-<base>."""
+    from evals.configs import all_configs
+    from serve import RagEngine, create_app
+    from test_engines import tiny_adapter
+
+    smol = tiny_adapter(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    # llm.model gemma3 (its engine is the session's, injected): its adapter, a SmolLM2 one, does not fit and is refused
+    llm = corpus_index.llm.model_copy(update={"model": "gemma3", "adapters": {"smollm2": smol, "gemma3": smol}})
+    settings = corpus_index.model_copy(update={"llm": llm})
+    engine = RagEngine(settings, engine=rag.engine(), retriever=rag.retriever)
+    engine.load_adapter()
+    assert list(engine.adapter_errors) == ["atlas-rag-lora"] and "refused" in engine.adapter_error
+    served = ["atlas-rag", "atlas-base", "atlas-rag-lora-smollm2"]
+    with TestClient(create_app(settings, rag=engine, start=False)) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == served
+        r = ask(c, "What is LoRA?", model="atlas-rag-lora-smollm2")
+        assert r.status_code == 200 and r.json()["sources"], r.text
+        refused = ask(c, "What is LoRA?", model="atlas-rag-lora")
+        assert refused.status_code == 404 and "refused" in refused.json()["error"]["message"]
+        config = c.get("/config").json()
+    mode = next(x for x in config["components"] if x.get("props", {}).get("elem_id") == "mode")
+    choices = [ch[0] if isinstance(ch, list) else ch for ch in mode["props"]["choices"]]
+    assert choices == ["atlas-rag", "atlas-base", "atlas-rag-lora", "atlas-rag-lora-smollm2"]  # configured ones
+    names = [cfg.name for cfg in all_configs(settings, set(engine.models()))]
+    assert "atlas-rag-lora-smollm2" in names and "atlas-rag-lora" not in names
+    engine._engines.pop(False)  # the shared session engine stays open for the other tests
+    engine.close()

@@ -164,6 +164,28 @@ def test_transformers_engine_runs_the_bundled_model(corpus_index, rag):
 
 
 
+def test_transformers_engine_stops_generating_when_the_caller_stops_reading(corpus_index):
+    import threading
+
+    from serve.engines import GenerationParams
+    from serve.engines.hf import TransformersEngine
+
+    engine = TransformersEngine(with_llm(corpus_index, engine="transformers"))
+    msgs = [{"role": "user", "content": "Write a long story about a robot who learns to paint."}]
+    params = GenerationParams(max_tokens=96)
+    t0 = time.perf_counter()
+    full = list(engine.stream(msgs, params))
+    full_s = time.perf_counter() - t0
+    threads = threading.active_count()
+    stream = engine.stream(msgs, params)
+    next(stream), next(stream)
+    t0 = time.perf_counter()
+    stream.close()  # what the grounding check does when the opening sentence fails
+    assert threading.active_count() == threads, "the generate() worker has ended, not run on to max_tokens"
+    assert len(full) > 40 and time.perf_counter() - t0 < full_s / 4
+
+
+
 class ScriptedEngine:
     """The one edge faked here: a model that replies with a fixed text, to drive the grounding policy exactly."""
 

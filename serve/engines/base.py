@@ -23,6 +23,37 @@ def bundled_gguf() -> Path:
     return path
 
 
+# What each registered base writes well enough to be let answer in (the rest is answered by quoting the passages).
+# Measured for issue 13: SmolLM2-135M loops or writes gibberish in Russian; Gemma 3 270M (multilingual) copies the
+# right Russian sentence.
+WRITES = {"smollm2": ["en"], "gemma3": ["en", "ru"]}
+
+
+def languages_written(model: str) -> list[str]:
+    """Languages a model writes, by its llm.model value; English alone for a model that is not a registered base.
+
+    Example: 'bundled' -> ['en']; 'gemma3' -> ['en', 'ru']; '/m/gemma-3-270m-q4_k_m.gguf' -> ['en', 'ru'];
+    'Qwen/Qwen2-0.5B' -> ['en'].
+    """
+    from ..bases import base_of_model
+
+    return list(WRITES.get(base_of_model(str(model)) or "", ["en"]))
+
+
+def resolve_model(model: str):
+    """(what to load, the registered base it is or None): a base name becomes its shipped GGUF.
+
+    Example: 'bundled' -> (<the SmolLM2 GGUF>, smollm2); '/m/gemma-3-270m-q4_k_m.gguf' -> (that path, gemma3);
+    'org/x' -> ('org/x', None).
+    """
+    from ..bases import base_named, base_of_model
+
+    entry = base_named(model)
+    if entry is not None:
+        return entry.gguf(), entry
+    return model, base_named(base_of_model(model) or "")
+
+
 @dataclass
 class GenerationParams:
     max_tokens: int = 200

@@ -25,12 +25,23 @@ def probe(model: str, n_threads: int | None) -> None:
     print(json.dumps({"tokens": out["usage"]["completion_tokens"], "decode_s": decode_s}), flush=True)
 
 
+def chat_handler(fmt: dict | None):
+    """llama.cpp's chat handler for {'template', 'eos', 'bos'}; None keeps the GGUF's own template."""
+    if not fmt:
+        return None
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(fmt["template"], eos_token=fmt["eos"], bos_token=fmt["bos"],
+                               add_generation_prompt=True).to_chat_handler()
+
+
 def worker(conn: Connection) -> None:
-    """Load once (the first message holds the Llama kwargs), then answer requests until told to close."""
+    """Load once (the first message holds the Llama kwargs and the chat format), then answer until told to close."""
     from llama_cpp import Llama
 
     try:
-        llm = Llama(**conn.recv())
+        kwargs = conn.recv()
+        llm = Llama(chat_handler=chat_handler(kwargs.pop("chat_format", None)), **kwargs)
     except Exception as e:  # noqa: BLE001 - the parent turns it into EngineUnavailable
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return

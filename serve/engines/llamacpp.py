@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import EngineUnavailable
-from .base import GenerationParams, bundled_gguf
+from .base import GenerationParams, resolve_model
+from .child import chat_handler
+
+
+def chat_format(base) -> dict | None:
+    """The chat template for a base whose GGUF carries none (serve/bases.py gives it); None: the GGUF's own."""
+    if base is None or not base.chat_template:
+        return None
+    return {"template": base.chat_template, "eos": base.end_of_turn or "<eos>", "bos": "<bos>"}
 
 
 class LlamaCppEngine:
@@ -17,7 +25,8 @@ class LlamaCppEngine:
         from llama_cpp import Llama
 
         llm = settings.llm
-        self.model_path = bundled_gguf() if llm.model == "bundled" else Path(settings.path(llm.model))
+        model, base = resolve_model(llm.model)
+        self.model_path = Path(settings.path(model))
         lora = None
         if adapter:
             from finetune import gguf_adapter, validate_adapter
@@ -30,12 +39,12 @@ class LlamaCppEngine:
             if llm.isolate:
                 from .worker import ProcessLlama
 
-                self.process = ProcessLlama(str(self.model_path), llm.n_ctx, llm.n_threads, lora)
+                self.process = ProcessLlama(str(self.model_path), llm.n_ctx, llm.n_threads, lora, chat_format(base))
                 self.n_ctx = self.process.n_ctx
                 return
             self.llm = Llama(
                 model_path=str(self.model_path), n_ctx=llm.n_ctx, n_threads=llm.n_threads, lora_path=lora,
-                verbose=False, seed=0,
+                verbose=False, seed=0, chat_handler=chat_handler(chat_format(base)),
             )
         except (ValueError, RuntimeError, OSError) as e:
             raise EngineUnavailable(f"llamacpp engine: cannot load {self.model_path}: {e}") from e

@@ -30,14 +30,15 @@ class OpenAIEngine:
 
     def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
         try:
-            stream = self.client.chat.completions.create(
+            # `with`: a caller that stops reading closes the request, and the server stops generating.
+            with self.client.chat.completions.create(
                 model=self.model, messages=messages, stream=True, max_tokens=params.max_tokens,
                 temperature=params.temperature, top_p=params.top_p, stop=params.stop or None,
                 extra_body={"repeat_penalty": params.repeat_penalty, "repetition_penalty": params.repeat_penalty},
-            )
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+            ) as stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                        yield chunk.choices[0].delta.content
         except self._errors as e:
             raise EngineUnavailable(f"openai engine at {self.base_url} is unreachable: {e}") from e
         except self._openai.APIStatusError as e:

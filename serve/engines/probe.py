@@ -39,9 +39,9 @@ def probe_command(settings) -> list[str] | None:
     """The child command that probes the configured engine, or None when the engine runs no native code here."""
     if settings.llm.engine != "llamacpp":
         return None
-    from .base import bundled_gguf
+    from .base import resolve_model
 
-    model = bundled_gguf() if settings.llm.model == "bundled" else Path(settings.path(settings.llm.model))
+    model = Path(settings.path(resolve_model(settings.llm.model)[0]))
     return [sys.executable, str(CHILD), "probe", str(model)] + ([str(settings.llm.n_threads)] if settings.llm.n_threads else [])
 
 

@@ -24,7 +24,8 @@ LOAD_TIMEOUT_S = 300.0
 class ProcessLlama:
     """The llamacpp engine's model, run in a child process; `dead` holds why once the child has died."""
 
-    def __init__(self, model_path: str, n_ctx: int, n_threads: int | None, lora_path: str | None):
+    def __init__(self, model_path: str, n_ctx: int, n_threads: int | None, lora_path: str | None,
+                 chat_format: dict | None = None):
         from llama_cpp import Llama
 
         self.vocab = Llama(model_path=model_path, vocab_only=True, verbose=False)
@@ -37,7 +38,7 @@ class ProcessLlama:
         self.dead: str | None = None
         self._lock = threading.Lock()
         self._conn.send(dict(model_path=model_path, n_ctx=n_ctx, n_threads=n_threads, lora_path=lora_path,
-                             verbose=False, seed=0))
+                             verbose=False, seed=0, chat_format=chat_format))
         if not self._conn.poll(LOAD_TIMEOUT_S):
             self.close()
             raise EngineUnavailable(f"llamacpp engine: the model did not load within {LOAD_TIMEOUT_S:.0f} s")

@@ -1,0 +1,123 @@
+"""The model's streamed reply -> the grounded answer: quotes become checked evidence, sentences pass one at a time,
+and generation stops as soon as the answer is bound to fall back to quoting the passages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .evidence import Evidence, answer_started, parse_answer, quote_holds
+from .grounding import Grounder, split_generated
+from .prompt import NO_ANSWER
+from .retrieval import Passage
+
+_CITES_ONLY = re.compile(r"(\[\d+\]\s*)+")
+
+
+def checked_evidence(quotes: list[Evidence], passages: list[Passage]) -> tuple[list[Evidence], int]:
+    """(quotes that hold verbatim in the passage they name, how many did not). A quote naming no passage is kept
+    with the first passage that holds it.
+
+    Example: [Evidence(1, 'LoRA freezes W.'), Evidence(2, 'made up')] over passages ['Intro. LoRA freezes W.', 'x']
+    -> ([Evidence(1, 'LoRA freezes W.')], 1).
+    """
+    kept: list[Evidence] = []
+    dropped = 0
+    for q in quotes:
+        if q.index is None:
+            n = next((i for i, p in enumerate(passages, 1) if quote_holds(q.text, p.text)), None)
+        else:
+            n = q.index if 1 <= q.index <= len(passages) and quote_holds(q.text, passages[q.index - 1].text) else None
+        if n is None:
+            dropped += 1
+        elif not any(k.index == n and k.text == q.text for k in kept):
+            kept.append(Evidence(n, q.text))
+    return kept, dropped
+
+
+@dataclass
+class Judged:
+    """The running tally of one answer's sentences against the grounding check."""
+
+    grounder: Grounder
+    llm: object  # LLMSettings: the grounding thresholds
+    supported: list[float] = field(default_factory=list)
+    total: int = 0
+    said_no: bool = False
+    emitted: bool = False
+
+    def sentence(self, text: str) -> str | None:
+        """The sentence as it may be shown (with its [n]), or None when it fails the check or declines."""
+        low = text.lower()
+        if NO_ANSWER["en"].lower()[:30] in low or "do not contain" in low:
+            self.said_no = True
+            return None
+        self.total += 1
+        llm = self.llm
+        ok, n, score = self.grounder.support(text, llm.grounding_overlap, llm.grounding_similarity,
+                                             llm.grounding_top_sentences)
+        if not ok:
+            return None
+        self.supported.append(score)
+        return text if re.search(r"\[\d+\]", text) else f"{text.rstrip()} [{n}]"
+
+    @property
+    def share(self) -> float:
+        return len(self.supported) / self.total if self.total else 0.0
+
+    def doomed(self) -> bool:
+        """Whether the answer can no longer stand as generated: the model declined before saying anything, or the
+        share of supported sentences so far is under grounding_min_supported (the same rule the end applies)."""
+        return (self.said_no and not self.emitted) or (self.total > 0 and self.share < self.llm.grounding_min_supported)
+
+
+def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Passage], llm, language: str,
+                    verdict: dict) -> Iterator[str]:
+    """Answer text in pieces from the model's stream: each sentence as soon as it passes the check, never a quote.
+
+    Quotes (`##begin_quote## … ##end_quote## [n]`) are held back and checked verbatim against their passage; the
+    generation is closed as soon as `Judged.doomed()`, and the passages are quoted instead. `verdict` is filled at the
+    end: mode, supported share, evidence, evidence_dropped, stopped_early.
+    """
+    judged = Judged(grounder, llm)
+    raw, done, marked, stopped = "", 0, False, False
+
+    def let_through(sentences: list[str]) -> Iterator[str]:
+        for s in sentences:
+            out = judged.sentence(s)
+            if out:
+                yield (" " if judged.emitted else "") + out
+                judged.emitted = True
+            if judged.doomed():
+                return
+
+    try:
+        for delta in stream:
+            raw += delta
+            if not marked and answer_started(raw):
+                marked, done = True, 0  # the answer proper starts here; text before the marker was quotes
+            parts = split_generated(parse_answer(raw)[1])
+            if len(parts) - 1 > done and not _CITES_ONLY.fullmatch(parts[-1]):
+                yield from let_through(parts[done:-1])
+                done = len(parts) - 1
+                if judged.doomed():
+                    stopped = True
+                    break
+        else:
+            yield from let_through(split_generated(parse_answer(raw)[1])[done:])
+    finally:
+        close = getattr(stream, "close", None)
+        if close:
+            close()  # a generator engine stops generating here, not at max_tokens
+    evidence, dropped = checked_evidence(parse_answer(raw)[0], passages)
+    found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": stopped}
+    # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
+    if not judged.emitted and judged.said_no and grounder.best_relevance() < llm.model_refusal_below:
+        verdict.update(mode="refused", supported=0.0, **found)
+        yield NO_ANSWER.get(language, NO_ANSWER["en"])
+    elif not judged.emitted or judged.share < llm.grounding_min_supported:
+        verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
+        yield (" " if judged.emitted else "") + grounder.extractive(llm.extractive_sentences)
+    else:
+        verdict.update(mode="generated", supported=round(judged.share, 3), **found)

@@ -1,0 +1,200 @@
+"""The answer a user gets: quotes become checked evidence, sentences stream as they pass, a doomed generation stops."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO
+from test_engines import QLORA_Q, ScriptedEngine, with_llm
+
+pytestmark = pytest.mark.timeout(300)
+
+MARKERS = ("##begin_quote##", "##end_quote##", "<ANSWER>")
+MADE_UP = "QLoRA fine-tunes a 65B model on a single toaster."
+
+
+class Recording(ScriptedEngine):
+    """The scripted reply, remembering how many pieces the caller has pulled so far."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.pulled = 0
+        self.pieces = len(reply.split(" "))
+
+    def stream(self, messages, params):
+        for piece in super().stream(messages, params):
+            self.pulled += 1
+            yield piece
+
+
+class Counting:
+    """The real engine, passed through, counting the deltas the caller pulls (the generation it causes)."""
+
+    def __init__(self, inner):
+        self.inner, self.pulled = inner, 0
+
+    def stream(self, messages, params):
+        inner = self.inner.stream(messages, params)
+        try:
+            for delta in inner:
+                self.pulled += 1
+                yield delta
+        finally:
+            inner.close()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def raft_reply(rag, question: str = QLORA_Q, tail: str = "") -> tuple[str, object]:
+    """A RAFT-format reply built from the real passages: the top sentence quoted, a made-up quote, then the answer."""
+    from serve.evidence import format_answer, quote_holds
+
+    prep = rag.prepare("atlas-rag", [{"role": "user", "content": question}])
+    best = next(s for s in prep.grounder.ranked if quote_holds(s.text, prep.passages[s.n - 1].text))
+    answer = f"{best.text.rstrip('.')} [{best.n}]." + tail
+    return format_answer([(best.n, best.text), (1, MADE_UP)], answer), best
+
+
+def scripted_rag(rag, reply: str, engine=None, **llm):
+    from serve import RagEngine
+
+    settings = with_llm(rag.settings, **llm) if llm else rag.settings
+    return RagEngine(settings, engine=engine or ScriptedEngine(reply), retriever=rag.retriever)
+
+
+# The real SmolLM2 never writes the RAFT format (only a tuned adapter does), so those cases are scripted.
+def test_quotes_become_evidence_and_the_content_is_the_answer_alone(rag):
+    reply, best = raft_reply(rag)
+    out = scripted_rag(rag, reply).complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=256)
+    content = out["choices"][0]["message"]["content"]
+    assert not any(m in content for m in MARKERS)
+    assert content == f"{best.text.rstrip('.')} [{best.n}]."
+    g = out["grounding"]
+    assert g["mode"] == "generated"
+    assert g["evidence"] == [{"index": best.n, "text": best.text}], "the quote that holds verbatim is the evidence"
+    assert g["evidence_dropped"] == 1, "the made-up quote is dropped and counted"
+
+
+def test_a_passing_sentence_streams_before_the_generation_ends_and_quotes_never_stream(rag):
+    tail = " " + " ".join(["It", "then", "rambles", "on", "about", "nothing", "in", "particular."] * 6)
+    reply, best = raft_reply(rag, tail=tail)
+    engine = Recording(reply)
+    chunks = scripted_rag(rag, reply, engine=engine).stream_chunks(
+        "atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=256)
+    next(chunks)  # role and sources
+    first = next(c for c in chunks if c["choices"][0]["delta"].get("content"))
+    assert first["choices"][0]["delta"]["content"] == f"{best.text.rstrip('.')} [{best.n}]."
+    assert engine.pulled < engine.pieces, "the first sentence went out while the model was still writing"
+    rest = list(chunks)
+    assert not any(m in (c["choices"][0]["delta"].get("content") or "") for c in rest for m in MARKERS)
+    assert rest[-1]["grounding"]["evidence"] == [{"index": best.n, "text": best.text}]
+
+
+def test_an_unsupported_opening_stops_the_generation_at_once(rag):
+    reply = MADE_UP + " " + " ".join(["And", "so", "on", "for", "a", "long", "while."] * 10)
+    engine = Recording(reply)
+    out = scripted_rag(rag, reply, engine=engine).complete("atlas-rag", [{"role": "user", "content": QLORA_Q}])
+    assert out["grounding"]["mode"] == "extractive" and out["grounding"]["stopped_early"]
+    assert engine.pulled <= len(MADE_UP.split(" ")) + 1, "nothing is pulled after the failing sentence ends"
+    assert "48 GB" in out["choices"][0]["message"]["content"]
+
+
+def test_the_real_model_stops_as_soon_as_its_opening_fails(rag):
+    """The bundled SmolLM2, answering for real: it lists, unsupported, up to max_tokens (measured: 160 of 160);
+    the generation now ends at its first unsupported sentence."""
+    from serve import RagEngine
+
+    counting = Counting(rag.engine())
+    engine = RagEngine(rag.settings, engine=counting, retriever=rag.retriever)
+    msgs = [{"role": "user", "content": "Which parameters does BitFit update during fine-tuning, and what stays frozen?"}]
+    out = engine.complete("atlas-rag", msgs, max_tokens=96)
+    assert out["grounding"]["mode"] == "extractive" and out["grounding"]["stopped_early"]
+    assert counting.pulled < 48, counting.pulled
+    assert re.search(r"BitFit.*\[\d\]", out["choices"][0]["message"]["content"]), "the passages are quoted instead"
+
+
+def test_evals_score_the_content_not_the_evidence(rag, embedder):
+    from evals.backends import Backend, streamed
+    from evals.gold import load_questions
+    from evals.runner import evaluate
+
+    q = next(q for q in load_questions(REPO / "evals" / "questions.jsonl") if "65B" in q.question)
+    reply, best = raft_reply(rag, q.question)
+    scripted = scripted_rag(rag, reply)
+    backend = Backend("scripted", streamed(scripted), None, set(scripted.models()))
+    from evals.configs import Config
+
+    rec = evaluate(q, Config("atlas-rag", "atlas-rag", {"mode": "hybrid"}), backend, embedder=embedder, max_tokens=256)
+    assert rec["error"] is None
+    assert rec["answer"] == f"{best.text.rstrip('.')} [{best.n}]."
+    assert rec["grounding"]["evidence"] == [{"index": best.n, "text": best.text}]
+    assert rec["latency"]["ttft_ms"] is not None
+
+
+# ---------------------------------------------------------------- languages
+
+
+def test_russian_reaches_a_model_that_writes_it_and_not_one_that_does_not(rag):
+    question = [{"role": "user", "content": "Сколько памяти GPU понадобилось QLoRA для дообучения модели 65B?"}]
+    for model, reaches in (("bundled", False), ("/models/gemma-3-270m-q4_k_m.gguf", True)):
+        engine = Recording("Ответ.")
+        out = scripted_rag(rag, "", engine=engine, model=model).complete("atlas-rag", question)
+        assert (engine.pulled > 0) is reaches, model
+        assert out["grounding"]["mode"] == "extractive"  # "Ответ." states nothing the passages hold
+    pinned = Recording("Ответ.")
+    scripted_rag(rag, "", engine=pinned, model="/models/gemma-3-270m-q4_k_m.gguf", generate_languages=["en"]).complete(
+        "atlas-rag", question)
+    assert pinned.pulled == 0, "an explicit llm.generate_languages still wins"
+
+
+def test_languages_written_by_base():
+    from serve.engines import languages_written
+
+    assert languages_written("bundled") == languages_written("smollm2") == ["en"]
+    assert languages_written("HuggingFaceTB/SmolLM2-135M-Instruct") == ["en"]
+    assert languages_written("gemma3") == ["en", "ru"]
+    assert languages_written("/x/gemma-3-270m-q4_k_m.gguf") == ["en", "ru"]
+    assert languages_written("someone/unknown-7b") == ["en"]
+
+
+# ---------------------------------------------------------------- ask --history
+
+
+def cli(settings, *args):
+    from ftatlas.cli import cli as main
+
+    env = {"FTATLAS_INGEST__DATA_DIR": str(settings.data_dir), "FTATLAS_LLM__MAX_TOKENS": "24"}
+    return CliRunner().invoke(main, ["--profile", "test", *args], env=env)
+
+
+def test_ask_answers_a_follow_up_from_a_history_file(corpus_index, tmp_path):
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps([
+        {"role": "user", "content": "What is QLoRA?"},
+        {"role": "assistant", "content": "QLoRA fine-tunes LoRA adapters over a frozen 4-bit base model [1]."},
+    ]))
+    result = cli(corpus_index, "ask", "And how much memory does it save?", "--history", str(history))
+    assert result.exit_code == 0, result.output
+    sources = result.output.split("Sources:")[1]
+    assert sources.strip().startswith("[") and "QLoRA" in sources.splitlines()[1]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "cannot read"),
+    ("{not json", "not valid JSON"),
+    ('{"role": "user", "content": "x"}', "expected a JSON list"),
+    ('[{"role": "wizard", "content": "x"}]', "turn 0 needs a role"),
+    ('[{"role": "user", "content": "x"}, {"role": "assistant", "content": ""}]', "turn 1 needs a non-empty text"),
+])
+def test_ask_names_a_bad_history_file(corpus_index, tmp_path, content, fragment):
+    history = tmp_path / "history.json"
+    if content is not None:
+        history.write_text(content)
+    result = cli(corpus_index, "ask", "And then?", "--history", str(history))
+    assert result.exit_code == 1
+    assert str(history) in result.output and fragment in result.output
