@@ -101,7 +101,9 @@ class RagEngine:
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        t0 = time.perf_counter()
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
+        timings["reading_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
         msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
         while self._too_long(msgs, max_tokens) and len(passages) > 1:
@@ -154,7 +156,7 @@ class RagEngine:
         if lang not in self.settings.llm.generate_languages:
             # Measured: the 135M model loops in Russian; quote the passages instead of generating.
             prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0}
-            yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences)
+            yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences, self.settings.llm.extractive_within)
             return
         yield from self._generate_grounded(prep, params)
 
@@ -200,7 +202,7 @@ class RagEngine:
             yield NO_ANSWER.get(prep.language, NO_ANSWER["en"])
         elif not emitted or share < llm.grounding_min_supported:
             prep.timings["grounding"] = {"mode": "extractive", "supported": round(share, 3)}
-            yield (" " if emitted else "") + prep.grounder.extractive(llm.extractive_sentences)
+            yield (" " if emitted else "") + prep.grounder.extractive(llm.extractive_sentences, llm.extractive_within)
         else:
             prep.timings["grounding"] = {"mode": "generated", "supported": round(share, 3)}
 
