@@ -37,8 +37,9 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(0.3, description="Weight of the dense ranking in fusion for English queries.")
     dense_weight_ru: float = Field(0.5, description="Weight of the dense ranking for Russian queries (the embedder is English-only).")
     route_weight: float = Field(1.0, description="Weight of the ranking within the documents a question names (by title or heading).")
-    diversity: Literal["cap", "mmr", "none"] = Field("cap", description="How the top-k is spread: at most sections_per_doc "
-                                                     "sections of a document not named by the question (cap), or MMR.")
+    diversity: Literal["cap", "mmr", "none"] = Field("none", description="How the top-k is spread: at most sections_per_doc "
+                                                     "sections of a document not named by the question (cap), MMR, or "
+                                                     "not at all (none: on the dev set both cost context fact recall).")
     sections_per_doc: int = Field(2, description="With diversity 'cap': sections of one unnamed document in the top-k.")
     mmr_lambda: float = Field(0.7, description="With diversity 'mmr': relevance against novelty (1 = relevance only).")
 

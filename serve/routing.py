@@ -24,8 +24,8 @@ def _heading_terms(text: str, glossary: Glossary) -> set[str]:
 
 
 class Router:
-    """Which atlas documents a question names: by a term of the title ('атлас', 'atlas'), or by two terms of one
-    heading ('эволюция подходов', 'tools stack'), in either language. Paper cards are not routed: their titles'
+    """Which atlas documents a question names: by a word of the title ('атлас', 'atlas'), or by two words of one
+    heading (one when it has one: 'conclusion', 'stack'), in either language. Paper cards are not routed: their titles'
     words ('reward', 'feedback', 'efficient') are what questions about other cards say too."""
 
     def __init__(self, meta: dict[str, dict], glossary: Glossary, texts: dict[str, str] | None = None,
@@ -54,13 +54,22 @@ class Router:
         # 'атлас'); one without a translation ('LLM') is what questions about anything say.
         self.title_terms = {d: {t for w in titles[d].split() if glossary.both(w) for t in _heading_terms(w, glossary)} & distinct
                             for d in routed}
-        self.heading_terms = {d: [ts for h in headings[d] if (ts := _heading_terms(h, glossary) & distinct)] for d in routed}
+        # Each half of a heading ('Fine-Tuning Stack — архитектура инструментов') as its words' terms; a half of one
+        # word names alone only when, like a title word, the glossary gives it in both languages ('LLM' does not).
+        self.heading_terms: dict[str, list[list[set[str]]]] = {d: [] for d in routed}
+        for d in routed:
+            for part in (p for h in headings[d] for p in h.split(" — ")):
+                words = {w: ts for w in part.split() if (ts := _heading_terms(w, glossary) & distinct)}
+                unique = list({frozenset(ts): ts for ts in words.values()}.values())
+                if len(unique) > 1 or any(glossary.both(w) for w in words):
+                    self.heading_terms[d].append(unique)
 
     def named(self, query: str) -> set[str]:
         """Example: 'Какие базы перечислены в стеке атласа?' -> {'atlas'}; 'Какой тип данных подходит?' -> set()."""
         toks = set(tokenize(re.sub(r"['’]s\b", "", query)))  # "the atlas's table" names the atlas
         return {d for d in self.title_terms
-                if toks & self.title_terms[d] or any(len(toks & ts) >= min(2, len(ts)) for ts in self.heading_terms[d])}
+                if toks & self.title_terms[d]
+                or any(sum(bool(toks & ts) for ts in words) >= min(2, len(words)) for words in self.heading_terms[d])}
 
 
 def section_key(meta: dict) -> tuple[str, str]:
