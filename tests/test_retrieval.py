@@ -28,7 +28,9 @@ def test_a_question_naming_the_atlas_gets_atlas_passages_first(retriever):
     assert "Минимальные ресурсы" in passages[0].text
 
 
-def test_top_k_holds_at_most_two_sections_of_an_unnamed_document(retriever):
+def test_the_section_cap_holds_at_most_two_sections_of_an_unnamed_document(corpus_index, embedder):
+    capped = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"diversity": "cap"})})
+    retriever = Retriever(capped, embedder)
     for q in ("How does low-rank adaptation reduce trainable parameters, memory and checkpoint size?",
               "Which reward model and which policy optimisation does reinforcement learning from human feedback use?",
               "Сколько памяти экономит 4-битное квантование и какие типы данных используются?"):
