@@ -131,6 +131,26 @@ def citation_precision(cited: list[int], doc_by_index: dict[int, str], gold: set
     return sum(1 for n in cited if doc_by_index.get(n) in gold) / len(cited)
 
 
+def quoted_sentences(answer: str) -> list[str]:
+    """The quotes of an extractive answer: each piece of text that ends at a citation.
+
+    Example: 'Из источников: A is B. [1] C holds. [3]' -> ['Из источников: A is B.', 'C holds.'].
+    """
+    parts = re.split(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]", answer)
+    return [p.strip() for p in parts[:-1] if p.strip()]
+
+
+def quote_precision(facts: list[str], answer: str) -> float | None:
+    """Share of quoted sentences holding at least one gold fact; None without quotes or facts.
+
+    Example: (['TRL'], 'TRL (PPOTrainer). [1] Do not use FLAN here. [2]') -> 0.5.
+    """
+    quotes = quoted_sentences(answer)
+    if not quotes or not facts:
+        return None
+    return sum(1 for q in quotes if any(fact_hits(facts, q))) / len(quotes)
+
+
 def is_refusal(answer: str) -> bool:
     """Whether the answer declines for lack of sources. Example: 'Источники не содержат ответа.' -> True."""
     return REFUSAL.search(answer) is not None

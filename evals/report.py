@@ -15,7 +15,7 @@ from .configs import BASELINE
 from .runner import Run
 
 RETRIEVAL_COLUMNS = ("hit@5", "mrr", "ndcg@10", "context_fact_recall@5", "context_chars@5")
-ANSWER_COLUMNS = ("fact_recall", "token_f1", "rouge_l", "embed_sim", "citation_precision", "citation_validity",
+ANSWER_COLUMNS = ("fact_recall", "token_f1", "rouge_l", "embed_sim", "citation_precision", "citation_validity", "quote_precision",
                   "refusal_accuracy", "false_refusal_rate", "language_match", "faithfulness", "answer_correctness",
                   "total_ms_p50", "ttft_ms_p50")
 BREAKDOWN_COLUMNS = ("hit@5", "mrr", "context_fact_recall@5", "fact_recall", "token_f1", "rouge_l",

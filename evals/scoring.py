@@ -8,7 +8,8 @@ from .gold import Question
 K = 5  # hit@5 and context fact recall@5: the passages the model is given by default
 NDCG_K = 10  # ranking depth retrieved for the rank metrics
 RETRIEVAL_KEYS = (f"hit@{K}", "mrr", f"ndcg@{NDCG_K}", f"context_fact_recall@{K}", f"context_chars@{K}")
-ANSWER_KEYS = ("fact_recall", "token_f1", "rouge_l", "embed_sim", "citation_precision", "citation_validity", "language_match")
+ANSWER_KEYS = ("fact_recall", "token_f1", "rouge_l", "embed_sim", "citation_precision", "citation_validity", "language_match",
+               "quote_precision")
 
 
 def score_retrieval(q: Question, passages: list[dict]) -> dict[str, float | None]:
@@ -48,4 +49,7 @@ def score_answer(q: Question, answer: str, sources: list[dict], embed_sim: float
         out["rouge_l"] = m.rouge_l(answer, q.reference)
         out["embed_sim"] = embed_sim
         out["citation_precision"] = m.citation_precision(cited, doc_by_index, set(q.gold_doc_ids))
+        # Only answers that quote passages: does each quoted sentence hold something the question asks for?
+        extractive = (grounding or {}).get("mode") == "extractive"
+        out["quote_precision"] = m.quote_precision(list(q.facts), answer) if extractive else None
     return out

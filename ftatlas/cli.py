@@ -231,13 +231,16 @@ def bench_ingest(settings: Settings, scale: int) -> None:
 @click.option("--seconds", default=60.0, show_default=True, help="Duration of the concurrent-clients phase.")
 @click.option("--clients", default=8, show_default=True, help="Concurrent streaming clients.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench-serve.json"), show_default=True)
+@click.option("--scale", default=1, show_default=True,
+              help="Also time /v1/retrieve over a near-duplicate index this many times larger, beside 1x.")
+@click.option("--retrieval-only", is_flag=True, help="Only the /v1/retrieve timings (no LLM is loaded).")
 @pass_settings
 @friendly
-def bench_serve(settings: Settings, url, seconds, clients, out) -> None:
-    """Retrieval p50/p95, TTFT and tokens/s through the API vs llama.cpp direct, RSS, N concurrent streams."""
+def bench_serve(settings: Settings, url, seconds, clients, out, scale, retrieval_only) -> None:
+    """Retrieval p50/p95 by stage, TTFT and tokens/s through the API vs llama.cpp direct, RSS, N concurrent streams."""
     from serve.bench import run_bench
 
-    click.echo(run_bench(settings, url, seconds, clients, settings.path(out)))
+    click.echo(run_bench(settings, url, seconds, clients, settings.path(out), scale, retrieval_only))
 
 
 def _probe(settings: Settings) -> None:

@@ -39,6 +39,12 @@ class RetrievalSettings(BaseModel):
     glossary: Path = Field(Path("corpus/glossary.yaml"), description="Russian->English terms that expand Russian queries.")
     dense_weight: float = Field(0.3, description="Weight of the dense ranking in fusion for English queries.")
     dense_weight_ru: float = Field(0.5, description="Weight of the dense ranking for Russian queries (the embedder is English-only).")
+    route_weight: float = Field(1.0, description="Weight of the ranking within the documents a question names (by title or heading).")
+    diversity: Literal["cap", "mmr", "none"] = Field("none", description="How the top-k is spread: at most sections_per_doc "
+                                                     "sections of a document not named by the question (cap), MMR, or "
+                                                     "not at all (none: on the dev set both cost context fact recall).")
+    sections_per_doc: int = Field(2, description="With diversity 'cap': sections of one unnamed document in the top-k.")
+    mmr_lambda: float = Field(0.7, description="With diversity 'mmr': relevance against novelty (1 = relevance only).")
 
 
 class LLMSettings(BaseModel):
@@ -77,6 +83,8 @@ class LLMSettings(BaseModel):
     grounding_top_sentences: int = Field(6, description="A generated sentence must restate one of this many passage "
                                          "sentences most relevant to the question.")
     extractive_sentences: int = Field(3, description="Passage sentences quoted by an extractive answer.")
+    extractive_within: float | None = Field(None, description="An extractive answer quotes only sentences at most this "
+                                            "far below the best one's relevance (None: always extractive_sentences).")
     grounding_min_supported: float = Field(0.5, description="Below this share of supported sentences the answer turns extractive.")
 
 

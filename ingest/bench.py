@@ -1,4 +1,5 @@
-"""`ftatlas bench ingest`: pipeline throughput next to raw SentenceTransformer.encode, measured in one run."""
+"""`ftatlas bench ingest`: pipeline throughput next to raw SentenceTransformer.encode, measured in one run; and the
+near-duplicate index `bench serve --scale` times retrieval on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from .embedder import Embedder
+from .errors import IngestError
 from .loaders import load_file
 from .pipeline import ingest
 from .sources import manifest_sources
@@ -38,6 +40,39 @@ def _synthetic_corpus(settings, folder: Path, scale: int, seed: int = 7) -> int:
             )
             n += 1
     return n
+
+
+def near_duplicate_index(settings, target, scale: int, seed: int = 7) -> int:
+    """`scale` copies of every chunk of settings' index in target's data folder: the originals, then copies with
+    tagged texts, nudged vectors and their own doc_ids. No embedding: it is for timing retrieval, not its quality.
+    Returns the chunks written.
+    """
+    import numpy as np
+
+    from .glossary import MINED
+    from .pipeline import sync_keyword_index
+    from .store import Store, open_collection
+
+    got = open_collection(settings).get(include=["documents", "metadatas", "embeddings"])
+    if not got["ids"]:
+        raise IngestError(f"the index in {settings.data_dir} is empty; run `ftatlas ingest` first")
+    dst = Store(open_collection(target))
+    vecs = np.asarray(got["embeddings"], dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    for k in range(scale):
+        noisy = vecs + (rng.normal(0, 0.02, vecs.shape).astype(np.float32) if k else 0)
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        tag = f"~{k}" if k else ""
+        metas = [{**m, "doc_id": m["doc_id"] + tag, "doc_key": m.get("doc_key", m["doc_id"]) + tag} for m in got["metadatas"]]
+        texts = [f"{t}\n(copy {k})" if k else t for t in got["documents"]]
+        ids = [cid + tag for cid in got["ids"]]
+        for i in range(0, len(ids), 1000):
+            dst.collection.add(ids=ids[i:i + 1000], embeddings=noisy[i:i + 1000].tolist(), documents=texts[i:i + 1000],
+                               metadatas=metas[i:i + 1000])
+    if (settings.data_dir / MINED).is_file():
+        shutil.copy(settings.data_dir / MINED, target.data_dir / MINED)
+    sync_keyword_index(target, dst)
+    return dst.count()
 
 
 def _measure(settings, embedder: Embedder, paths: list[Path] | None) -> dict:

@@ -1,4 +1,8 @@
-"""Markdown -> chunks that follow its structure: heading paths, whole tables and diagrams, token-sized text."""
+"""Markdown -> chunks that follow its structure: heading paths, whole tables and diagrams, token-sized text.
+
+Tables and diagrams are also indexed the way people ask about them: each table row, and each diagram group, is a
+chunk of its own beside the whole (appended after the document's other chunks, so their ids keep their places).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .mermaid import render_edges
+from .mermaid import render_edges, render_groups
+from .structure import is_tree, table_rows, tree_lines
 
 CountTokens = Callable[[str], int]
 
@@ -15,7 +20,7 @@ CountTokens = Callable[[str], int]
 class Chunk:
     text: str  # what is stored, shown to the model and returned as a source
     section: str  # heading path joined with " > ", "" when none
-    unit: str = "text"  # text | table | diagram | code
+    unit: str = "text"  # text | table | diagram | code | table-row | group (the last two repeat part of a whole)
     embed_texts: list[str] = field(default_factory=list)  # what is embedded (averaged) when not the text itself
 
 
@@ -141,6 +146,7 @@ def chunk_markdown(
     A chunk longer than `embed_tokens` (what the embedder reads) is embedded as the mean of its windows.
     """
     chunks: list[Chunk] = []
+    parts: list[Chunk] = []  # rows and groups, each beside its whole table or diagram
     for section, lines in sections(markdown):
         pending: list[str] = []
 
@@ -158,13 +164,18 @@ def chunk_markdown(
             flush()
             if block.kind == "table":
                 chunks.extend(Chunk(t, section, "table") for t in _table_chunks(block.text, chunk_tokens, count))
+                parts.extend(Chunk(row, section, "table-row") for row in table_rows(block.text))
             elif block.kind == "mermaid":
                 sentences = render_edges(block.text)
                 text = block.text + ("\n\n" + "\n".join(sentences) if sentences else "")
                 groups = _pack(sentences, chunk_tokens, 0, count) if sentences else [block.text]
                 chunks.append(Chunk(text, section, "diagram", groups))
+                parts.extend(Chunk(line, section, "group") for line in render_groups(block.text))
+            elif is_tree(block.text):
+                # Read through its lines, never its glyphs: a quote of '├─ LoRA' says nothing.
+                chunks.append(Chunk("\n".join(tree_lines(block.text)), section, "diagram"))
             else:
                 embed = [] if count(block.text) <= chunk_tokens else _pack(block.text.splitlines(), chunk_tokens, 0, count)
                 chunks.append(Chunk(block.text, section, "code", embed))
         flush()
-    return chunks
+    return chunks + parts

@@ -15,6 +15,21 @@ _ARROW = re.compile(
 _EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F\u200D]")
 
 
+def strip_emoji(text: str) -> str:
+    """Example: '🔧 Full Fine-Tuning' -> ' Full Fine-Tuning'."""
+    return _EMOJI.sub("", text)
+
+
+def _title(name: str, label: str | None) -> str:
+    """A subgraph's title in both of its languages when its id and label differ in script.
+
+    Example: ('Inference', 'Инференс и деплой') -> 'Инференс и деплой (Inference)'; ('S', 'Stack') -> 'Stack'.
+    """
+    title = _clean(label or name)
+    cyrillic = re.search(r"[а-яёА-ЯЁ]", title) is not None
+    return f"{title} ({name})" if cyrillic and re.fullmatch(r"[A-Za-z]{3,}", name) else title
+
+
 def _clean(label: str) -> str:
     """Example: '🔧 Full Fine-Tuning<br/>Обучаем все параметры' -> 'Full Fine-Tuning<br>Обучаем все параметры'."""
     label = label.strip().strip('"')
@@ -39,11 +54,24 @@ def _render(label: str, decision: bool) -> str:
 
 
 def render_edges(source: str) -> list[str]:
-    """Sentences for a Mermaid flowchart's edges and subgraphs.
+    """Sentences for a Mermaid flowchart's edges, then its groups (see `render_groups`).
 
     Example: 'B{Есть GPU?} -- Да --> C[Full Fine-Tuning<br/>все веса]'
       -> ['Есть GPU? — Да → Full Fine-Tuning (все веса)']
     """
+    edges, groups = _render_all(source)
+    return edges + groups
+
+
+def render_groups(source: str) -> list[str]:
+    """One line per group: each subgraph with its members, and each node branching (unlabelled) into three or more.
+
+    Example: 'graph TD\nC[PEFT] --> D1[LoRA]\nC --> D2[Adapters]\nC --> D3[BitFit]' -> ['PEFT: LoRA, Adapters, BitFit.'].
+    """
+    return _render_all(source)[1]
+
+
+def _render_all(source: str) -> tuple[list[str], list[str]]:
     labels: dict[str, tuple[str, bool]] = {}
     edges: list[tuple[str, str, str]] = []
     groups: list[tuple[str, list[str]]] = []
@@ -53,7 +81,7 @@ def render_edges(source: str) -> list[str]:
             continue
         m = re.match(r"subgraph\s+(\w+)(?:\s*\[\s*\"?(.*?)\"?\s*\])?", line)
         if m:
-            groups.append((_clean(m.group(2) or m.group(1)), []))
+            groups.append((_title(m.group(1), m.group(2)), []))
             continue
         if line == "end":
             continue
@@ -82,10 +110,11 @@ def render_edges(source: str) -> list[str]:
         label, decision = labels.get(nid, (nid, False))
         return _render(label, decision) or nid
 
-    out = []
+    lines = [f"{name(a)} — {text} → {name(b)}" if text else f"{name(a)} → {name(b)}" for a, text, b in edges]
+    out = [f"{title}: " + ", ".join(name(m) for m in members) + "." for title, members in groups if members]
+    children: dict[str, list[str]] = {}
     for a, text, b in edges:
-        out.append(f"{name(a)} — {text} → {name(b)}" if text else f"{name(a)} → {name(b)}")
-    for title, members in groups:
-        if members:
-            out.append(f"{title}: " + ", ".join(name(m) for m in members) + ".")
-    return out
+        if not text:
+            children.setdefault(a, []).append(b)
+    out += [f"{name(a)}: " + ", ".join(name(k) for k in kids) + "." for a, kids in children.items() if len(kids) >= 3]
+    return lines, out

@@ -10,6 +10,7 @@ from typing import Callable
 
 from .chunking import Chunk, chunk_markdown
 from .errors import DocumentError, IngestError
+from .glossary import Glossary, mine_pairs, save_mined
 from .keyword import KeywordIndex
 from .loaders import load_file, read_bytes
 from .lock import index_lock
@@ -53,9 +54,11 @@ def detect_language(text: str) -> str:
     return "ru" if cyr > lat else "en"
 
 
-def keyword_text(text: str, meta: dict) -> str:
-    """What BM25 indexes: the passage plus its title, section and the document's Russian terms."""
-    return "\n".join([meta.get("title", ""), meta.get("section", ""), meta.get("terms", ""), text])
+def keyword_text(text: str, meta: dict, glossary: Glossary | None = None) -> str:
+    """What BM25 indexes: the passage plus its title, section and the document's Russian terms; an atlas passage
+    also carries its terms in the other language, so a question in either language finds its labels."""
+    both = glossary.both(f"{meta.get('section', '')}\n{text}") if glossary and meta.get("kind") == "atlas" else ""
+    return "\n".join([meta.get("title", ""), meta.get("section", ""), meta.get("terms", ""), text, both])
 
 
 def embed_prefix(title: str, section: str) -> str:
@@ -111,7 +114,7 @@ class _Writer:
             self.store.delete_ids(self.stale.pop(key))
 
 
-def _chunk_items(src: Source, fp: str, settings, embedder) -> list[tuple[str, str, list[str], dict]]:
+def _chunk_items(src: Source, fp: str, settings, embedder, glossary: Glossary) -> list[tuple[str, str, list[str], dict]]:
     loaded = load_file(src.path)
     chunks: list[Chunk] = chunk_markdown(
         loaded.text, embedder.count_tokens, settings.ingest.chunk_tokens, settings.ingest.chunk_overlap,
@@ -131,6 +134,8 @@ def _chunk_items(src: Source, fp: str, settings, embedder) -> list[tuple[str, st
         }
         prefix = embed_prefix(title, c.section)
         texts = [f"{prefix}\n{t}" for t in (c.embed_texts or [c.text])]
+        if src.kind == "atlas":  # the embedder reads English: the atlas's Russian reaches it through the glossary
+            texts = [f"{t}\n{glossary.english(t)}".rstrip() for t in texts]
         items.append((f"{src.key}:{fp}:{i:04d}", c.text, texts, meta))
     return items
 
@@ -192,7 +197,8 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
             continue
         try:
             read_bytes(s.path)  # names a directory called x.md or an unreadable file
-            fps[s.key] = s.fingerprint(skey)
+            # Atlas chunks carry the glossary's translations: a changed hand glossary re-chunks the atlas.
+            fps[s.key] = s.fingerprint(skey + (f"|glossary:{Glossary.hand_key(settings)}" if s.kind == "atlas" else ""))
             ok_sources.append(s)
         except DocumentError as e:
             summary.failed.append((e.name, e.reason))
@@ -210,6 +216,10 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
     from .embedder import Embedder
     from .store import Store, open_collection
 
+    atlases = [s for s in ok_sources if s.kind == "atlas"]
+    if atlases:
+        save_mined(settings, [p for s in atlases for p in mine_pairs(load_file(s.path).text)])
+    glossary = Glossary.load(settings)
     store = Store(open_collection(settings))
     embedder = embedder or Embedder(settings.ingest.embed_model, settings.ingest.device, settings.ingest.embed_batch_size)
     state.complete = False
@@ -238,7 +248,7 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
     writer = _Writer(store, embedder, settings.ingest.batch_size, on_batch, bar)
     for s, fp, have, current in plan:
         try:
-            items = _chunk_items(s, fp, settings, embedder)
+            items = _chunk_items(s, fp, settings, embedder, glossary)
         except DocumentError as e:
             summary.failed.append((e.name, e.reason))  # its previous chunks, if any, stay: nothing is lost
             continue
@@ -263,7 +273,7 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
         bad = {name for name, _ in summary.failed}
         state.user_paths = [p for p in state.user_paths if p in remembered or p not in bad]
 
-    summary.keyword_rebuilt = sync_keyword_index(settings, store, kw)
+    summary.keyword_rebuilt = sync_keyword_index(settings, store, kw, glossary)
     # Ours: the manifest's documents and the user files this installation added; on a shared server other
     # installations' user documents are neither listed as ours nor ever pruned by us.
     known = set(state.documents) | {src.key for src in sources}
@@ -284,14 +294,15 @@ def _manifest_or_empty(settings) -> list[Source]:
         return []
 
 
-def sync_keyword_index(settings, store, kw: KeywordIndex | None = None) -> bool:
+def sync_keyword_index(settings, store, kw: KeywordIndex | None = None, glossary: Glossary | None = None) -> bool:
     """Rebuild the BM25 index when the collection changed since it was built; True when it was rebuilt."""
     kw = kw or KeywordIndex(settings.data_dir / "bm25").load()
     fp = store.fingerprint()
     if kw.fingerprint == fp:
         return False
+    glossary = glossary or Glossary.load(settings)
     ids, texts, metas = store.all_texts()
-    kw.build(ids, [keyword_text(t, m) for t, m in zip(texts, metas)], fp)
+    kw.build(ids, [keyword_text(t, m, glossary) for t, m in zip(texts, metas)], fp)
     return True
 
 

@@ -118,6 +118,6 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
         yield NO_ANSWER.get(language, NO_ANSWER["en"])
     elif not judged.emitted or judged.share < llm.grounding_min_supported:
         verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
-        yield (" " if judged.emitted else "") + grounder.extractive(llm.extractive_sentences)
+        yield (" " if judged.emitted else "") + grounder.extractive(llm.extractive_sentences, llm.extractive_within)
     else:
         verdict.update(mode="generated", supported=round(judged.share, 3), **found)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Request, UploadFile
@@ -183,8 +185,12 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
         over = req.retrieval.model_dump(exclude_none=True) if req.retrieval else {}
         if req.top_k:
             over["top_k"] = req.top_k
-        passages = rag.retriever.retrieve(req.query, rag.retrieval_options(over))
-        return {"chunks": sorted((p.as_source(i) for i, p in enumerate(passages, 1)), key=lambda s: -s["score"])}
+        timings: dict = {}
+        t0 = time.perf_counter()
+        passages = rag.retriever.retrieve(req.query, rag.retrieval_options(over), timings)
+        timings["total_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        return {"chunks": sorted((p.as_source(i) for i, p in enumerate(passages, 1)), key=lambda s: -s["score"]),
+                "timings": timings}
 
     @app.get("/v1/documents", dependencies=auth)
     def documents(rag: Rag):

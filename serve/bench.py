@@ -1,4 +1,5 @@
-"""`ftatlas bench serve`: retrieval latency, TTFT and tokens/s via the API vs llama.cpp direct, memory, concurrency."""
+"""`ftatlas bench serve`: retrieval latency (by stage, at 1x and a near-duplicate Nx index), TTFT and tokens/s via the
+API vs llama.cpp direct, memory, concurrency."""
 
 from __future__ import annotations
 
@@ -42,38 +43,107 @@ def _questions(settings, n: int) -> list[str]:
     return (qs * (n // max(1, len(qs)) + 1))[:n]
 
 
-def run_bench(settings, url: str | None = None, seconds: float = 60, clients: int = 8, out: Path | None = None) -> str:
-    import psutil
+def _serve(app) -> tuple[object, str]:
+    """uvicorn serving `app` on a free 127.0.0.1 port in a thread -> (server, url)."""
+    import uvicorn
 
-    server = None
-    if url is None:  # in-process: the real app on a free port in this process
-        import uvicorn
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    return server, f"http://127.0.0.1:{port}"
 
-        from . import create_app
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        app = create_app(settings, ui=True)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        threading.Thread(target=server.run, daemon=True).start()
-        url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+def _wait(url: str, path: str = "/health", timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    rows: dict = {"url": url}
 
-    lat = []
-    for q in _questions(settings, 50):
+
+def retrieval_latency(url: str, questions: list[str], rag=None) -> dict:
+    """/v1/retrieve over HTTP: p50/p95 of the round trip and of each server stage; with the server's RagEngine, also
+    its passage reading for answers (trimming the passages to what the model reads), timed on its own."""
+    from .grounding import reading
+
+    lat: list[float] = []
+    stages: dict[str, list[float]] = {}
+    for q in questions + questions[:5]:  # the first five again: the first calls warm caches up
         t0 = time.perf_counter()
-        httpx.post(url + "/v1/retrieve", json={"query": q}, timeout=60).raise_for_status()
+        r = httpx.post(url + "/v1/retrieve", json={"query": q}, timeout=300)
+        r.raise_for_status()
         lat.append((time.perf_counter() - t0) * 1000)
-    rows["retrieval_p50_ms"], rows["retrieval_p95_ms"] = round(_percentile(lat, 0.5), 1), round(_percentile(lat, 0.95), 1)
+        for k, v in (r.json().get("timings") or {}).items():
+            stages.setdefault(k, []).append(v)
+        if rag is not None:
+            passages = rag.retriever.retrieve(q)
+            t0 = time.perf_counter()
+            reading(rag.embedder, q, passages, rag.retriever.search_query(q))
+            stages.setdefault("reading_ms", []).append((time.perf_counter() - t0) * 1000)
+    lat, stages = lat[5:], {k: v[5:] for k, v in stages.items()}
+    out = {"p50_ms": round(_percentile(lat, 0.5), 1), "p95_ms": round(_percentile(lat, 0.95), 1)}
+    for k, v in stages.items():
+        out[f"{k[:-3]}_p50_ms"], out[f"{k[:-3]}_p95_ms"] = round(_percentile(v, 0.5), 2), round(_percentile(v, 0.95), 2)
+    return out
+
+
+def scaled_rows(settings, scale: int, questions: list[str]) -> dict:
+    """/v1/retrieve at 1x and over a near-duplicate index `scale` times larger, each on its own server, one run."""
+    import tempfile
+
+    from ingest import ingest
+    from ingest.bench import near_duplicate_index
+    from ingest.embedder import Embedder
+
+    from . import RagEngine, create_app
+
+    embedder = Embedder(settings.ingest.embed_model, settings.ingest.device, settings.ingest.embed_batch_size)
+    ingest(settings, embedder=embedder, progress=False)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="ftatlas-bench-") as tmp:
+        big = settings.model_copy(update={"ingest": settings.ingest.model_copy(update={"data_dir": Path(tmp), "chroma_host": None})})
+        t0 = time.perf_counter()
+        chunks = near_duplicate_index(settings, big, scale)
+        build_s = time.perf_counter() - t0
+        for name, s in (("1x", settings), (f"{scale}x", big)):
+            rag = RagEngine(s, embedder=embedder)  # no LLM: retrieval and reading only
+            t0 = time.perf_counter()
+            chunk_count = rag.retriever.chunk_count()  # loads the index before the clock starts
+            load_s = time.perf_counter() - t0
+            server, url = _serve(create_app(s, rag=rag, start=False, ui=False))
+            _wait(url, "/v1/models")
+            rows[f"retrieve_{name}"] = {"chunks": chunk_count, "index_load_s": round(load_s, 1),
+                                        **retrieval_latency(url, questions, rag)}
+            server.should_exit = True
+        rows[f"retrieve_{scale}x"]["build_s"] = round(build_s, 1)
+        rows[f"retrieve_{scale}x"]["chunks_written"] = chunks
+    return rows
+
+
+def run_bench(settings, url: str | None = None, seconds: float = 60, clients: int = 8, out: Path | None = None,
+              scale: int = 1, retrieval_only: bool = False) -> str:
+    import psutil
+
+    rows: dict = {}
+    if scale > 1 or retrieval_only:
+        rows.update(scaled_rows(settings, max(scale, 1), _questions(settings, 50)))
+    if retrieval_only:
+        return _write(rows, out)
+    server = None
+    if url is None:  # in-process: the real app on a free port in this process
+        from . import create_app
+
+        app = create_app(settings, ui=True)
+        server, url = _serve(app)
+    _wait(url)
+    rows["url"] = url
+    if scale <= 1:
+        rows["retrieve_1x"] = retrieval_latency(url, _questions(settings, 50))
 
     # Same prompt both ways: the closed-book mode sends the messages straight to the engine.
     question = "Explain in detail how low-rank adaptation of large language models works and why it saves memory."
@@ -123,6 +193,10 @@ def run_bench(settings, url: str | None = None, seconds: float = 60, clients: in
                  "concurrent_errors": len(errors), "first_errors": errors[:3]})
     if server is not None:
         server.should_exit = True
+    return _write(rows, out)
+
+
+def _write(rows: dict, out: Path | None) -> str:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))

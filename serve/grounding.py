@@ -119,9 +119,14 @@ class Grounder:
             return False, best.n, 0.0
         return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
 
-    def extractive(self, k: int = 2) -> str:
-        """Quote the k passage sentences that best answer the question, each with its [n]."""
-        return " ".join(f"{s.text} [{s.n}]" for s in self.top_sentences(k, per_passage=1))
+    def extractive(self, k: int = 2, within: float | None = None) -> str:
+        """Quote the k passage sentences that best answer the question, each with its [n]; with `within`, only
+        those whose relevance is at most that far below the best one (a distant runner-up answers something else)."""
+        top = self.top_sentences(k, per_passage=1)
+        if within is not None and top:
+            best = self.relevance(top[0])
+            top = [s for s in top if self.relevance(s) >= best - within]
+        return " ".join(f"{s.text} [{s.n}]" for s in top)
 
 
 def trim_passage(p: Passage, grounder: "Grounder", n: int, keep: int = 4) -> Passage:

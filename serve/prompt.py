@@ -35,6 +35,7 @@ def split_sentences(text: str) -> list[str]:
     text = re.sub(r"```\w*", "", text)
     out = []
     for line in text.splitlines():
+        line = re.sub(r"^[\s│├└─↓]+", "", line)  # a text tree's glyphs: a quote says 'LoRA', not '├─ LoRA'
         line = re.sub(r"^\s*(?:[-*>]|\d+\.)\s+", "", line)
         line = re.sub(r"[*_`#]+", "", line).strip()
         if not line or set(line) <= set("|-: "):

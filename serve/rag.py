@@ -140,7 +140,9 @@ class RagEngine:
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        t0 = time.perf_counter()
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
+        timings["reading_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
         msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
         while self._too_long(msgs, max_tokens) and len(passages) > 1:
@@ -193,7 +195,7 @@ class RagEngine:
         if lang not in self.writes(prep.spec):
             # Measured: SmolLM2-135M loops in Russian; quote the passages instead of generating.
             prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0, **NO_EVIDENCE}
-            yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences)
+            yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences, self.settings.llm.extractive_within)
             return
         yield from self._generate_grounded(prep, params)
 

@@ -1,18 +1,22 @@
-"""Hybrid retrieval: dense search in Chroma and BM25, fused by reciprocal rank fusion, optionally reranked."""
+"""Hybrid retrieval: dense search and BM25, fused by reciprocal rank fusion, routed to the documents a question
+names, diversified across sections, optionally reranked. Each stage is timed."""
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
-import yaml
+import numpy as np
 
 from ingest.embedder import Embedder
+from ingest.glossary import Glossary
 from ingest.keyword import KeywordIndex
 from ingest.store import Store, open_collection
+
+from .routing import Router, cap_sections, mmr
 
 Mode = Literal["hybrid", "dense", "bm25"]
 
@@ -53,23 +57,17 @@ def rrf(rankings: list[list[str]], k: int = 60, weights: list[float] | None = No
     return scores
 
 
-class Glossary:
-    """Russian stems -> English terms, so Russian questions can reach English passages."""
+class _Clock:
+    """Laps into a timings dict (or nowhere). Example: lap('dense_ms') records the ms since the previous lap."""
 
-    def __init__(self, path: Path):
-        from ingest.keyword import tokenize
+    def __init__(self, into: dict | None):
+        self.into, self.t = into, time.perf_counter()
 
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        self.map: dict[str, str] = {}
-        for ru, en in ((data or {}).get("terms") or {}).items():
-            for stem in tokenize(str(ru)):
-                self.map.setdefault(stem, str(en))
-
-    def expand(self, query: str) -> str:
-        """English terms for the Russian words of `query`. Example: 'Сколько параметров?' -> 'how many much parameters'."""
-        from ingest.keyword import tokenize
-
-        return " ".join(dict.fromkeys(self.map[t] for t in tokenize(query) if t in self.map))
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[name] = round((now - self.t) * 1000, 3)
+        self.t = now
 
 
 def is_russian(text: str) -> bool:
@@ -77,7 +75,11 @@ def is_russian(text: str) -> bool:
 
 
 class Retriever:
-    """Reads the index built by the ingest room; notices re-ingests through the BM25 index's fingerprint."""
+    """Reads the index built by the ingest room; notices re-ingests through the BM25 index's fingerprint.
+
+    The chunk vectors are held in memory as one matrix: at this corpus size an exact dot product is faster than
+    a call into Chroma, and a search narrowed to some documents costs nothing more.
+    """
 
     def __init__(self, settings, embedder: Embedder | None = None):
         self.settings = settings
@@ -86,21 +88,30 @@ class Retriever:
         self.keyword = KeywordIndex(settings.data_dir / "bm25")
         self._meta: dict[str, dict] = {}
         self._texts: dict[str, str] = {}
+        self._ids: list[str] = []
+        self._row: dict[str, int] = {}
+        self._matrix = np.zeros((0, 1), dtype=np.float32)
         self._fingerprint: str | None = None
         self._lock = threading.Lock()
         self._reranker = None
-        self.glossary = Glossary(settings.path(settings.retrieval.glossary))
+        self.glossary = Glossary.load(settings)
+        self.router = Router({}, self.glossary)
 
     def refresh(self) -> None:
-        """Reload the chunk table and BM25 index when the index changed since the last query."""
+        """Reload the chunk table, vectors, glossary and routes when the index changed since the last query."""
         self.keyword.load()
         if self.keyword.fingerprint == self._fingerprint and self._meta:
             return
         with self._lock:
-            got = self.store.collection.get(include=["documents", "metadatas"])
-            self._meta = dict(zip(got["ids"], got["metadatas"]))
-            self._texts = dict(zip(got["ids"], got["documents"]))
-            self._fingerprint = self.keyword.fingerprint
+            got = self.store.collection.get(include=["documents", "metadatas", "embeddings"])
+            ids = list(got["ids"])
+            meta, texts = dict(zip(ids, got["metadatas"])), dict(zip(ids, got["documents"]))
+            matrix = np.asarray(got["embeddings"], dtype=np.float32) if ids else np.zeros((0, 1), dtype=np.float32)
+            glossary = Glossary.load(self.settings)
+            router = Router(meta, glossary, texts)
+            # Swapped together, after everything is built: a query running meanwhile sees one index or the other.
+            self._ids, self._row, self._meta, self._texts, self._matrix = ids, {c: i for i, c in enumerate(ids)}, meta, texts, matrix
+            self.glossary, self.router, self._fingerprint = glossary, router, self.keyword.fingerprint
 
     def _allowed(self, opts: RetrievalOptions) -> set[str] | None:
         if not opts.doc_ids and not opts.language:
@@ -110,42 +121,79 @@ class Retriever:
             if (not opts.doc_ids or m.get("doc_id") in opts.doc_ids) and (not opts.language or m.get("language") == opts.language)
         }
 
-    def dense(self, query: str, k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
-        if allowed is not None and not allowed:
+    def dense(self, vec: np.ndarray, k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
+        """(chunk id, cosine) best first for a query vector, over `allowed` ids when given."""
+        if not self._ids or (allowed is not None and not allowed):
             return []
-        vec = self.embedder.encode([query])[0]
-        # Chroma narrows by document; the language filter is applied on our side through `allowed`.
-        where = {"doc_id": {"$in": sorted({self._meta[c]["doc_id"] for c in allowed})}} if allowed else None
-        n = min(k if allowed is None else max(k, len(allowed)), max(1, len(self._meta)))
-        res = self.store.collection.query(query_embeddings=[vec.tolist()], n_results=n, where=where, include=["distances"])
-        hits = [(cid, 1.0 - float(d)) for cid, d in zip(res["ids"][0], res["distances"][0])]
-        return [(c, s) for c, s in hits if allowed is None or c in allowed][:k]
+        if allowed is None:
+            rows, scores = np.arange(len(self._ids)), self._matrix @ vec
+        else:
+            rows = np.fromiter((self._row[c] for c in allowed if c in self._row), dtype=np.int64)
+            scores = self._matrix[rows] @ vec
+        top = np.argsort(-scores)[:k] if len(scores) <= k else np.argpartition(-scores, k)[:k]
+        top = top[np.argsort(-scores[top])]
+        return [(self._ids[int(rows[i])], float(scores[i])) for i in top]
 
     def bm25(self, query: str, k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
         return self.keyword.search(query, k, allowed)
 
-    def retrieve(self, query: str, opts: RetrievalOptions | None = None) -> list[Passage]:
-        opts = opts or RetrievalOptions(self.settings.retrieval.mode, self.settings.retrieval.top_k, self.settings.retrieval.rerank)
+    def retrieve(self, query: str, opts: RetrievalOptions | None = None, timings: dict | None = None) -> list[Passage]:
+        """The top-k passages; `timings` (when given) receives each stage's milliseconds."""
+        rt = self.settings.retrieval
+        opts = opts or RetrievalOptions(rt.mode, rt.top_k, rt.rerank)
+        clock = _Clock(timings)
         self.refresh()
         allowed = self._allowed(opts)
-        cand = max(self.settings.retrieval.candidates, opts.top_k)
+        cand = max(rt.candidates, opts.top_k)
         ru = is_russian(query)
         extra = self.glossary.expand(query) if ru else ""
         # Russian: the English-only embedder sees the Latin words plus the glossary's English terms.
         dense_query = " ".join(re.findall(r"[A-Za-z0-9][\w.+/()^-]*", query) + [extra]) if ru else query
         keyword_query = f"{query} {extra}"
+        named = set() if opts.doc_ids else self.router.named(query)
+        clock.lap("prepare_ms")
+        dense_hits: list[tuple[str, float]] = []
+        routed_dense: list[tuple[str, float]] = []
+        if opts.mode != "bm25":
+            vec = self.embedder.encode([dense_query])[0]
+            clock.lap("embed_ms")
+            dense_hits = self.dense(vec, cand, allowed)
+            if named:
+                routed_dense = self.dense(vec, cand, self._in_docs(named, allowed))
+            clock.lap("dense_ms")
+        keyword_hits: list[tuple[str, float]] = []
+        routed_keyword: list[tuple[str, float]] = []
+        if opts.mode != "dense":
+            keyword_hits = self.bm25(keyword_query, cand, allowed)
+            if named:
+                routed_keyword = self.bm25(keyword_query, cand, self._in_docs(named, allowed))
+            clock.lap("bm25_ms")
         if opts.mode == "dense":
-            scored = self.dense(dense_query, cand, allowed)
+            lists, weights = [dense_hits, routed_dense], [1.0, rt.route_weight]
         elif opts.mode == "bm25":
-            scored = self.bm25(keyword_query, cand, allowed)
+            lists, weights = [keyword_hits, routed_keyword], [1.0, rt.route_weight]
         else:
-            rt = self.settings.retrieval
-            fused = rrf([[c for c, _ in self.dense(dense_query, cand, allowed)], [c for c, _ in self.bm25(keyword_query, cand, allowed)]],
-                        rt.rrf_k, [rt.dense_weight_ru if ru else rt.dense_weight, 1.0])
-            scored = sorted(fused.items(), key=lambda kv: -kv[1])
+            w = rt.dense_weight_ru if ru else rt.dense_weight
+            routed = sorted(rrf([[c for c, _ in routed_dense], [c for c, _ in routed_keyword]], rt.rrf_k, [w, 1.0]).items(),
+                            key=lambda kv: -kv[1])
+            lists, weights = [dense_hits, keyword_hits, routed], [w, 1.0, rt.route_weight]
+        fused = rrf([[c for c, _ in hits] for hits in lists], rt.rrf_k, weights)
+        scored = sorted(fused.items(), key=lambda kv: -kv[1])
         if opts.rerank and scored:
             scored = self._rerank(query, scored[:cand])
-        return [self._passage(cid, score) for cid, score in scored[: opts.top_k] if cid in self._meta]
+        scores = dict(scored)
+        ranked = [c for c, _ in scored if c in self._meta]
+        if rt.diversity == "cap":
+            top = cap_sections(ranked, self._meta, opts.top_k, rt.sections_per_doc, named | set(opts.doc_ids or []))
+        elif rt.diversity == "mmr":
+            top = mmr(ranked[:cand], scores, {c: self._matrix[self._row[c]] for c in ranked[:cand]}, opts.top_k, rt.mmr_lambda)
+        else:
+            top = ranked[: opts.top_k]
+        clock.lap("fusion_ms")
+        return [self._passage(cid, scores[cid]) for cid in top]
+
+    def _in_docs(self, docs: set[str], allowed: set[str] | None) -> set[str]:
+        return {c for c, m in self._meta.items() if m.get("doc_id") in docs and (allowed is None or c in allowed)}
 
     def _rerank(self, query: str, scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
         from .errors import BadRequest

@@ -143,3 +143,53 @@ def test_no_overlap_when_asked_for_none(count):
     chunks = [c.text for c in chunk_markdown(long_section(60), count, chunk_tokens=120, overlap=0)]
     numbers = [n for c in chunks for n in sentence_numbers(c)]
     assert numbers == list(range(60))
+
+
+# ---------------------------------------------------------------- the atlas as people ask about it
+
+
+@pytest.fixture(scope="module")
+def atlas_chunks(count):
+    return chunk_markdown(load_file(REPO / "corpus" / "atlas.md").text, count)
+
+
+def test_each_table_row_is_a_chunk_labelled_cell_by_cell_beside_the_whole_table(atlas_chunks):
+    rows = [c for c in atlas_chunks if c.unit == "table-row"]
+    tables = [c for c in atlas_chunks if c.unit == "table"]
+    assert len(rows) == 10 and tables
+    row = next(c for c in rows if "Adapter Tuning" in c.text)
+    assert row.text == ("Категория: Adapter Tuning; Суть: Вставка небольших обучаемых блоков между слоями; "
+                        "Область применения: Мультизадачные системы; Пример инструмента: PEFT, AdapterHub.")
+    assert row.section == tables[0].section  # one section: the row and its table
+    assert any("AdapterHub" in t.text for t in tables)
+
+
+def test_tree_lines_carry_their_group_and_no_glyphs(atlas_chunks):
+    [tree] = [c for c in atlas_chunks if "Эволюция подходов" in c.section and c.section.endswith("подходов")]
+    lines = tree.text.splitlines()
+    assert "Parameter-Efficient Fine-Tuning (PEFT): LoRA / QLoRA, Adapters, Prefix / Prompt / P-Tuning, BitFit." in lines
+    assert "High-Level Tuning: SFT (Supervised Fine-Tuning), RLHF (Reinforcement Learning from Human Feedback)." in lines
+    assert lines[0].startswith("Full Fine-Tuning → Partial / Head-only Tuning → Parameter-Efficient")
+    assert not any(g in c.text for c in atlas_chunks for g in ("├─", "└─"))
+
+
+def test_diagram_groups_are_chunks_with_titles_in_both_languages(atlas_chunks):
+    groups = [c.text for c in atlas_chunks if c.unit == "group"]
+    assert ("Инференс и деплой (Inference): vLLM / TGI (Fast Inference Engines), Gradio / Streamlit (UI Frontends), "
+            "Optuna / Weights&Biases (Tracking, Tuning).") in groups
+    # a node branching into four others in the evolution diagram is a group too
+    assert any(g.startswith("Parameter-Efficient Fine-Tuning (PEFT): LoRA / QLoRA (Low-Rank адаптация), Adapters") for g in groups)
+    # the whole diagrams stay, with every edge sentence
+    assert sum(c.unit == "diagram" and "```mermaid" in c.text for c in atlas_chunks) == 3
+
+
+def test_rows_and_groups_come_after_the_other_chunks_so_their_ids_keep_their_places(atlas_chunks):
+    units = [c.unit for c in atlas_chunks]
+    first_part = min(i for i, u in enumerate(units) if u in ("table-row", "group"))
+    assert all(u in ("table-row", "group") for u in units[first_part:])
+    assert all(u not in ("table-row", "group") for u in units[:first_part])
+
+
+def test_a_flowchart_with_labelled_branches_gets_no_group_line():
+    src = "flowchart TD\nB{GPU?} -- Да --> C[Full]\nB -- Нет --> D[LoRA]\nB -- Может --> E[BitFit]"
+    assert render_edges(src) == ["GPU? — Да → Full", "GPU? — Нет → LoRA", "GPU? — Может → BitFit"]

@@ -24,6 +24,7 @@ import yaml
 
 from ftatlas.settings import load_settings
 from ingest import FetchError, IngestError, delete_document, fetch_papers, ingest, list_documents
+from ingest.glossary import Glossary, mine_pairs
 from ingest.keyword import KeywordIndex
 from ingest.sources import read_manifest, user_doc_id
 from ingest.state import load_state
@@ -638,3 +639,28 @@ def test_fetch_from_an_unreachable_host_fails_fast_and_writes_nothing(tmp_path):
         fetch_papers(s)
     assert time.monotonic() - t0 < 3
     assert not (s.data_dir / "papers").exists()
+
+
+# ---------------------------------------------------------------- the glossary mined from the atlas
+
+
+def test_the_atlas_states_its_own_russian_english_pairs():
+    pairs = mine_pairs((REPO / "corpus" / "atlas.md").read_text(encoding="utf-8"))
+    assert ("Инференс и деплой", "Inference") in pairs
+    assert ("Верхние слои", "Partial / Head-only") in pairs
+    assert ("смещения", "bias") in pairs
+    assert not any("Mermaid" in en for _, en in pairs)  # a heading's brackets name things, they do not translate
+
+
+def test_hand_glossary_entries_win_over_mined_ones():
+    g = Glossary({"смещение": "bias"}, [("смещения", "offset"), ("Расширение знаний", "Retrieval")])
+    assert g.expand("Что такое смещение?") == "bias"
+    assert g.expand("Что входит в расширение знаний?") == "Retrieval"
+
+
+def test_ingest_writes_the_mined_pairs_and_indexes_atlas_labels_in_both_languages(corpus_index):
+    g = Glossary.load(corpus_index)
+    assert ("Поведенческое обучение", "Behavior") in g.mined
+    # 'квантование' is nowhere in the atlas: its English label 'quantization' is found by the Russian word
+    hits = KeywordIndex(corpus_index.data_dir / "bm25").load().search("квантование", 10)
+    assert any(cid.startswith("atlas:") for cid, _ in hits)

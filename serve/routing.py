@@ -1,0 +1,121 @@
+"""Which documents a question names, and a top-k that holds a few sections of each document unless it is named.
+
+The naming terms come from the index itself: each document's title and section headings, with their glossary
+translations, keeping only the terms no other document's title or headings use ('атлас', 'stack', 'заключение'),
+and that few documents' texts use (so 'about' in 'LLM about LLM' names nothing).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ingest.glossary import Glossary
+from ingest.keyword import tokenize
+
+_NUMBERED = re.compile(r"^\d+(?:\.\d+)*\.?$")
+
+
+def _heading_terms(text: str, glossary: Glossary) -> set[str]:
+    """Stems of a title or heading and of its translations. Example: 'Заключение' -> {'заключен', 'conclus'}."""
+    terms = {t for t in tokenize(text) if not _NUMBERED.match(t)}
+    return terms | set(tokenize(glossary.both(text)))
+
+
+class Router:
+    """Which atlas documents a question names: by a word of the title ('атлас', 'atlas'), or by two words of one
+    heading (one when it has one: 'conclusion', 'stack'), in either language. Paper cards are not routed: their titles'
+    words ('reward', 'feedback', 'efficient') are what questions about other cards say too."""
+
+    def __init__(self, meta: dict[str, dict], glossary: Glossary, texts: dict[str, str] | None = None,
+                 max_doc_share: float = 0.25, kinds: tuple[str, ...] = ("atlas",)):
+        titles: dict[str, str] = {}
+        headings: dict[str, set[str]] = {}
+        words: dict[str, set[str]] = {}  # doc -> the stems of its texts
+        for cid, m in meta.items():
+            doc = m.get("doc_id", "")
+            titles[doc] = m.get("title", "")
+            headings.setdefault(doc, set()).update(h for h in (m.get("section") or "").split(" > ") if h)
+            words.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
+        spread: dict[str, int] = {}
+        for ws in words.values():
+            for w in ws:
+                spread[w] = spread.get(w, 0) + 1
+        common = {w for w, n in spread.items() if n > max(1, max_doc_share * len(words))}
+        owners: dict[str, set[str]] = {}
+        for doc in titles:
+            for h in {titles[doc], *headings[doc]}:
+                for t in _heading_terms(h, glossary):
+                    owners.setdefault(t, set()).add(doc)
+        distinct = {t for t, docs in owners.items() if len(docs) == 1 and t not in common}
+        routed = {doc for doc, m in ((m.get("doc_id", ""), m) for m in meta.values()) if m.get("kind") in kinds}
+        # A title word names its document alone only when the glossary gives it in both languages ('atlas' and
+        # 'атлас'); one without a translation ('LLM') is what questions about anything say.
+        self.title_terms = {d: {t for w in titles[d].split() if glossary.both(w) for t in _heading_terms(w, glossary)} & distinct
+                            for d in routed}
+        # Each half of a heading ('Fine-Tuning Stack — архитектура инструментов') as its words' terms; a half of one
+        # word names alone only when, like a title word, the glossary gives it in both languages ('LLM' does not).
+        self.heading_terms: dict[str, list[list[set[str]]]] = {d: [] for d in routed}
+        for d in routed:
+            for part in (p for h in headings[d] for p in h.split(" — ")):
+                words = {w: ts for w in part.split() if (ts := _heading_terms(w, glossary) & distinct)}
+                unique = list({frozenset(ts): ts for ts in words.values()}.values())
+                if len(unique) > 1 or any(glossary.both(w) for w in words):
+                    self.heading_terms[d].append(unique)
+
+    def named(self, query: str) -> set[str]:
+        """Example: 'Какие базы перечислены в стеке атласа?' -> {'atlas'}; 'Какой тип данных подходит?' -> set()."""
+        toks = set(tokenize(re.sub(r"['’]s\b", "", query)))  # "the atlas's table" names the atlas
+        return {d for d in self.title_terms
+                if toks & self.title_terms[d]
+                or any(sum(bool(toks & ts) for ts in words) >= min(2, len(words)) for words in self.heading_terms[d])}
+
+
+def section_key(meta: dict) -> tuple[str, str]:
+    """A table row, its table and the section's text are one section. Example: {'doc_id': 'a', 'section': 'S'} -> ('a', 'S')."""
+    return meta.get("doc_id", ""), meta.get("section") or ""
+
+
+def cap_sections(ranked: list[str], meta: dict[str, dict], k: int, per_doc: int, exempt: set[str]) -> list[str]:
+    """The first k ids, passing over any that would bring a third section of one document (`exempt` documents
+    excepted); when too few remain, the passed-over ones fill up in order.
+
+    Example: ids from sections a1, a2, a3, b1 with per_doc=2, k=3 -> a1, a2, b1.
+    """
+    taken: list[str] = []
+    passed: list[str] = []
+    sections: dict[str, set[str]] = {}
+    for cid in ranked:
+        if len(taken) >= k:
+            break
+        doc, sec = section_key(meta[cid])
+        seen = sections.setdefault(doc, set())
+        if doc not in exempt and sec not in seen and len(seen) >= per_doc:
+            passed.append(cid)
+            continue
+        seen.add(sec)
+        taken.append(cid)
+    return taken + passed[: k - len(taken)]
+
+
+def mmr(ranked: list[str], scores: dict[str, float], vectors: dict[str, np.ndarray], k: int, lam: float) -> list[str]:
+    """Maximal marginal relevance over the fused candidates: relevance (scores scaled to 0..1) against the
+    greatest cosine to a passage already chosen.
+
+    Example: two near-identical best passages and a different third, k=2, lam=0.5 -> the best and the third.
+    """
+    if not ranked:
+        return []
+    top = max(scores[c] for c in ranked) or 1.0
+    rel = {c: scores[c] / top for c in ranked}
+    chosen: list[str] = []
+    pool = list(ranked)
+    while pool and len(chosen) < k:
+        def gain(c: str) -> float:
+            sim = max((float(vectors[c] @ vectors[o]) for o in chosen), default=0.0)
+            return lam * rel[c] - (1 - lam) * sim
+        best = max(pool, key=gain)
+        chosen.append(best)
+        pool.remove(best)
+    return chosen

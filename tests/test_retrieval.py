@@ -1,0 +1,68 @@
+"""Retrieval over the shipped corpus: routing to a named document, a diverse top-k, bilingual atlas labels, timings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve.grounding import reading
+from serve.retrieval import RetrievalOptions, Retriever
+from serve.routing import Router, cap_sections, mmr
+
+
+@pytest.fixture(scope="module")
+def retriever(corpus_index, embedder):
+    return Retriever(corpus_index, embedder)
+
+
+def test_the_router_names_documents_by_title_and_headings(retriever):
+    retriever.refresh()
+    assert "atlas" in retriever.router.named("Какие векторные базы перечислены в атласе?")
+    assert "atlas" in retriever.router.named("What does the conclusion say about RAG?")
+    assert retriever.router.named("How much memory does QLoRA save?") != {"atlas"}
+
+
+def test_a_question_naming_the_atlas_gets_atlas_passages_first(retriever):
+    passages = retriever.retrieve("Which example tool does the atlas give for BitFit, and for what area of use?")
+    assert passages[0].doc_id == "atlas"
+    assert "Минимальные ресурсы" in passages[0].text
+
+
+def test_the_section_cap_holds_at_most_two_sections_of_an_unnamed_document(corpus_index, embedder):
+    capped = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"diversity": "cap"})})
+    retriever = Retriever(capped, embedder)
+    for q in ("How does low-rank adaptation reduce trainable parameters, memory and checkpoint size?",
+              "Which reward model and which policy optimisation does reinforcement learning from human feedback use?",
+              "Сколько памяти экономит 4-битное квантование и какие типы данных используются?"):
+        passages = retriever.retrieve(q)
+        named = retriever.router.named(q)
+        sections: dict[str, set[str]] = {}
+        for p in passages:
+            sections.setdefault(p.doc_id, set()).add(p.section)
+        assert all(len(s) <= 2 for d, s in sections.items() if d not in named), (q, sections)
+
+
+def test_cap_and_mmr_on_worked_examples():
+    meta = {"a1": {"doc_id": "a", "section": "1"}, "a2": {"doc_id": "a", "section": "2"},
+            "a3": {"doc_id": "a", "section": "3"}, "b1": {"doc_id": "b", "section": "1"}}
+    assert cap_sections(["a1", "a2", "a3", "b1"], meta, 3, 2, set()) == ["a1", "a2", "b1"]
+    assert cap_sections(["a1", "a2", "a3", "b1"], meta, 3, 2, {"a"}) == ["a1", "a2", "a3"]
+    assert cap_sections(["a1", "a2", "a3"], meta, 3, 2, set()) == ["a1", "a2", "a3"]  # too few others: fill up
+    v = {"x": np.array([1.0, 0.0]), "y": np.array([1.0, 0.0]), "z": np.array([0.0, 1.0])}
+    assert mmr(["x", "y", "z"], {"x": 1.0, "y": 0.99, "z": 0.6}, v, 2, 0.5) == ["x", "z"]
+
+
+def test_retrieve_times_each_stage(retriever):
+    timings: dict = {}
+    retriever.retrieve("What does BitFit train?", RetrievalOptions(), timings)
+    assert {"embed_ms", "dense_ms", "bm25_ms", "fusion_ms"} <= set(timings)
+    assert all(v >= 0 for v in timings.values())
+
+
+def test_quotes_of_the_evolution_tree_carry_no_glyphs(retriever, embedder):
+    q = "Какие подходы атлас относит к Parameter-Efficient Fine-Tuning в эволюции подходов?"
+    passages, grounder = reading(embedder, q, retriever.retrieve(q), retriever.search_query(q))
+    assert any("Эволюция" in p.section for p in passages)
+    quote = grounder.extractive(3)
+    assert "├" not in quote and "└" not in quote
+    assert "LoRA / QLoRA" in quote
