@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Generator
 
 from ..errors import EngineUnavailable
-from .base import GenerationParams, bundled_gguf
+from .base import READY, GenerationParams, Readiness, bundled_gguf
 
 
 class LlamaCppEngine:
@@ -38,19 +38,28 @@ class LlamaCppEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
+    def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
+        finish = None
         with self._lock:
+            if self.llm is None:
+                raise EngineUnavailable("llamacpp engine: the model is closed")
             self.llm.reset()
             for chunk in self.llm.create_chat_completion(
                 messages=messages, stream=True, max_tokens=params.max_tokens, temperature=params.temperature,
                 top_p=params.top_p, stop=params.stop or None, repeat_penalty=params.repeat_penalty, seed=0,
             ):
+                if params.cancel.is_set():  # the caller disconnected: leaving the loop stops llama.cpp
+                    break
+                finish = chunk["choices"][0].get("finish_reason") or finish
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     yield delta
+        return finish or "stop"
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> Readiness:
+        return READY if self.llm is not None else Readiness(False, "llamacpp engine: the model is closed")
 
     def close(self) -> None:
-        self.llm.close() if hasattr(self.llm, "close") else None
+        llm, self.llm = self.llm, None
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()
