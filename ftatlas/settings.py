@@ -73,6 +73,11 @@ class ServeSettings(BaseModel):
     port: int = Field(7860, description="Port for the UI (/) and the API (/v1).")
     api_keys: list[str] = Field(default_factory=list, description="When non-empty, /v1 routes need 'Authorization: Bearer <key>'.")
     history_tokens: int = Field(600, description="Token budget for conversation history in the prompt.")
+    system_tokens: int = Field(300, description="Token budget for a client's own system message (after the server's rules).")
+    max_queue: int = Field(8, ge=0, description="Requests that may wait for the engine; past that the API answers 429 "
+                           "with Retry-After.")
+    max_active: int = Field(1, ge=1, description="Generations at once (1 for an in-process model; more for a remote "
+                            "vLLM that batches).")
 
 
 class FinetuneSettings(BaseModel):
