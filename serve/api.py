@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -279,15 +280,23 @@ async def _unless_disconnected(request: Request, cancel: threading.Event, work) 
 
 
 async def _events(request: Request, cancel: threading.Event, events) -> Any:
-    """The SSE stream, read from its thread event by event; a disconnect sets `cancel`, even while the request waits
-    in the queue and sends nothing."""
+    """The SSE stream, read from its thread event by event. A disconnect sets `cancel`, even while the request waits
+    in the queue and sends nothing; then the stream is closed, which gives back its place in the queue at once."""
+    pending = None
     try:
-        while (event := await _unless_disconnected(request, cancel, run_in_threadpool(next, events, None))) is not None:
-            if cancel.is_set():
+        while True:
+            pending = asyncio.ensure_future(run_in_threadpool(next, events, None))
+            event = await _unless_disconnected(request, cancel, pending)
+            pending = None
+            if event is None or cancel.is_set():
                 break
             yield event
     finally:
         cancel.set()
+        with anyio.CancelScope(shield=True):  # runs even when the response was cancelled by the disconnect
+            if pending is not None:
+                await asyncio.wait({pending})  # the thread sees `cancel` at its next token or queue poll
+            await run_in_threadpool(events.close)
 
 
 def _sse(first: dict, chunks) -> Any:
@@ -297,4 +306,6 @@ def _sse(first: dict, chunks) -> Any:
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
     except ServeError as e:  # the engine died mid-answer: say so in the stream, in OpenAI's error shape
         yield f"data: {json.dumps(error_body(str(e), e.type, e.code))}\n\n"
+    finally:
+        chunks.close()  # a stream closed early frees its queue place and engine lock now, not at garbage collection
     yield "data: [DONE]\n\n"
