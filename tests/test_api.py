@@ -223,7 +223,7 @@ def test_documents_upload_list_delete(tmp_path, embedder):
         assert c.delete("/v1/documents/nope").status_code == 404
 
 
-def test_official_openai_client_works_unchanged(live_server):
+def test_official_openai_client_works_unchanged(live_server, embedder):
     import openai
 
     client = openai.OpenAI(base_url=live_server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
@@ -239,8 +239,8 @@ def test_official_openai_client_works_unchanged(live_server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
-    emb = client.embeddings.create(model="x", input="LoRA")
-    assert len(emb.data[0].embedding) == 384
+    emb = client.embeddings.create(model=embedder.id, input="LoRA")
+    assert len(emb.data[0].embedding) == 384 and emb.usage.total_tokens == emb.usage.prompt_tokens > 0
     assert httpx.get(live_server.url + "/health").json()["status"] == "ok"
 
 
