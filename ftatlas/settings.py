@@ -98,6 +98,11 @@ class ServeSettings(BaseModel):
     max_upload_mb: float = Field(20.0, gt=0, description="Largest uploaded document (API and UI), in MiB; a request "
                                  "body over this plus 1 MiB is refused with 413 while it arrives.")
     history_tokens: int = Field(600, description="Token budget for conversation history in the prompt.")
+    system_tokens: int = Field(300, description="Token budget for a client's own system message (after the server's rules).")
+    max_queue: int = Field(8, ge=0, description="Requests that may wait for the engine; past that the API answers 429 "
+                           "with Retry-After.")
+    max_active: int = Field(1, ge=1, description="Generations at once (1 for an in-process model; more for a remote "
+                            "vLLM that batches).")
 
     @field_validator("api_keys")
     @classmethod

@@ -65,6 +65,10 @@ class Embedder:
         """Tokens the model sees for `text`, without special tokens (cached: chunking asks about the same text often)."""
         return self._count(text)
 
+    def input_tokens(self, text: str) -> int:
+        """Tokens the model actually reads for `text`: special tokens included, truncated at max_tokens (usage)."""
+        return len(self.model.tokenizer(text, truncation=True, max_length=self.max_tokens, verbose=False)["input_ids"])
+
     @functools.lru_cache(maxsize=65536)
     def _count(self, text: str) -> int:
         return len(self.model.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"])

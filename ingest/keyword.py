@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,23 +49,52 @@ def tokenize(text: str) -> list[str]:
 
 
 class KeywordIndex:
-    """bm25s over chunk texts, saved with its chunk ids and the collection fingerprint it was built from."""
+    """bm25s over chunk texts, saved with its chunk ids and the collection fingerprint it was built from.
+
+    Shared by request threads: `load()` is cheap when nothing changed (one stat of meta.json), swaps the index
+    only when its fingerprint changed, and does so under a lock, so a search never sees one index's model with
+    another's ids. A damaged meta.json reads as "no index", so the next ingest rebuilds it.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.ids: list[str] = []
         self.fingerprint: str | None = None
         self._bm25 = None
+        self._stamp: tuple | None = None  # meta.json's (inode, size, mtime) when last read
+        self._lock = threading.RLock()
 
     @property
     def meta_path(self) -> Path:
         return self.folder / "meta.json"
 
+    def _stat(self) -> tuple | None:
+        try:
+            st = self.meta_path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read_meta(self) -> tuple[list[str], str | None]:
+        """(ids, fingerprint); ([], None) when meta.json is missing or damaged (then the fingerprint never matches)."""
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            ids, fingerprint = meta["ids"], meta["fingerprint"]
+            if isinstance(ids, list) and all(isinstance(i, str) for i in ids) and isinstance(fingerprint, str):
+                return ids, fingerprint
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return [], None
+
     def load(self) -> "KeywordIndex":
-        if self.meta_path.is_file():
-            meta = json.loads(self.meta_path.read_text())
-            self.ids, self.fingerprint = meta["ids"], meta["fingerprint"]
-            self._bm25 = None
+        with self._lock:
+            stamp = self._stat()
+            if stamp is not None and stamp == self._stamp:
+                return self
+            ids, fingerprint = self._read_meta()
+            if fingerprint != self.fingerprint or ids != self.ids:
+                self.ids, self.fingerprint, self._bm25 = ids, fingerprint, None
+            self._stamp = stamp
         return self
 
     def build(self, ids: list[str], texts: list[str], fingerprint: str) -> None:
@@ -73,6 +104,7 @@ class KeywordIndex:
         tmp = self.folder.with_name(self.folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        bm25 = None
         if ids:
             bm25 = bm25s.BM25()
             bm25.index([tokenize(t) or ["_"] for t in texts], show_progress=False)
@@ -80,24 +112,42 @@ class KeywordIndex:
         (tmp / "meta.json").write_text(json.dumps({"ids": ids, "fingerprint": fingerprint}))
         old = self.folder.with_name(self.folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
+        with self._lock:
+            if self.folder.exists():
+                self.folder.rename(old)
+            tmp.rename(self.folder)
+            self.ids, self.fingerprint, self._bm25, self._stamp = ids, fingerprint, bm25, self._stat()
         shutil.rmtree(old, ignore_errors=True)
-        self.ids, self.fingerprint, self._bm25 = ids, fingerprint, None
 
     def _model(self):
+        """The bm25s model for `self.ids`, loaded once per fingerprint. Caller holds the lock."""
         if self._bm25 is None and self.ids:
             import bm25s
 
-            self._bm25 = bm25s.BM25.load(str(self.folder / "bm25"))
+            for attempt in range(5):
+                try:
+                    model = bm25s.BM25.load(str(self.folder / "bm25"))
+                except (OSError, ValueError):
+                    model = None  # another process is swapping the folder in: read it again in a moment
+                stamp = self._stat()
+                if model is not None and stamp == self._stamp:
+                    self._bm25 = model
+                    break
+                time.sleep(0.05 * (attempt + 1))
+                self._stamp = None
+                self.load()  # the index changed under us: take the new ids with the new model
+                if not self.ids:
+                    break
         return self._bm25
 
     def search(self, query: str, k: int, allowed: set[str] | None = None) -> list[tuple[str, float]]:
         """(chunk id, score) best first; `allowed` keeps only those ids (filters)."""
-        model = self._model()
         tokens = tokenize(query)
-        if model is None or not tokens:
+        if not tokens:
+            return []
+        with self._lock:
+            model, ids = self._model(), self.ids
+        if model is None:
             return []
         import numpy as np
 
@@ -107,7 +157,7 @@ class KeywordIndex:
         for i in order:
             if scores[i] <= 0 or len(out) >= k:
                 break
-            cid = self.ids[int(i)]
+            cid = ids[int(i)]
             if allowed is None or cid in allowed:
                 out.append((cid, float(scores[i])))
         return out

@@ -1,6 +1,6 @@
 """Question -> retrieval -> prompt -> LLM engine -> answer with citations; the HTTP API and the UI."""
 
-from .errors import BadRequest, ContextOverflow, EngineUnavailable, ServeError, UnknownModel
+from .errors import BadRequest, ContextOverflow, EngineUnavailable, QueueFull, ServeError, UnknownModel
 from .rag import RagEngine
 from .retrieval import Passage, RetrievalOptions, Retriever
 
@@ -12,5 +12,5 @@ def create_app(settings, **kwargs):
     return _create(settings, **kwargs)
 
 
-__all__ = ["BadRequest", "ContextOverflow", "EngineUnavailable", "Passage", "RagEngine", "RetrievalOptions",
+__all__ = ["BadRequest", "ContextOverflow", "EngineUnavailable", "Passage", "QueueFull", "RagEngine", "RetrievalOptions",
            "Retriever", "ServeError", "UnknownModel", "create_app"]

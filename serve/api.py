@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import KeyGate, add_login, bearer, key_matches
 from .doors import BodyLimit, OriginCheck
-from .errors import BadRequest, EngineUnavailable, NotReady, ServeError, TooLarge
+from .errors import BadRequest, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
 from .rag import RagEngine
 
 
@@ -39,8 +41,16 @@ class Message(BaseModel):
         return self.content or ""
 
 
+# Fields a client may send that change nothing we do, so they are accepted (with these values, where given) and ignored.
+IGNORED_FIELDS = {"user", "seed", "presence_penalty", "frequency_penalty", "stream_options", "metadata", "store",
+                  "service_tier", "parallel_tool_calls"}
+HARMLESS_VALUES = {"n": (1, None), "logprobs": (False, None), "top_logprobs": (0, None), "tool_choice": ("none", None),
+                   "response_format": ({"type": "text"}, None), "logit_bias": ({}, None), "tools": ([], None),
+                   "modalities": (["text"], None)}
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # clients send n, user, seed...: accepted and ignored
+    model_config = ConfigDict(extra="allow")  # checked by unsupported(): ignorable fields pass, the rest get a 400
     model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, le=8192)
@@ -50,6 +60,18 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     retrieval: RetrievalOverride | None = None
+
+    def check_supported(self) -> None:
+        """BadRequest naming the first field we would silently get wrong (n > 1, tools, logprobs, ...)."""
+        for name, value in (self.model_extra or {}).items():
+            if name in IGNORED_FIELDS:
+                continue
+            if name in HARMLESS_VALUES:
+                if value in HARMLESS_VALUES[name]:
+                    continue
+                raise Unsupported(f"unsupported value for '{name}': {json.dumps(value)[:80]} (this server accepts "
+                                  f"only {json.dumps(HARMLESS_VALUES[name][0])})", name)
+            raise Unsupported(f"unsupported field '{name}': this server does not implement it", name)
 
 
 class RetrieveRequest(BaseModel):
@@ -61,7 +83,7 @@ class RetrieveRequest(BaseModel):
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     input: str | list[str]
-    model: str | None = None
+    model: str
 
 
 class _Unauthorized(Exception):
@@ -133,7 +155,9 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
     @app.exception_handler(ServeError)
     async def on_serve_error(request: Request, exc: ServeError):
-        return JSONResponse(error_body(str(exc), exc.type, exc.code), exc.status)
+        retry = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse(error_body(str(exc), exc.type, exc.code), exc.status, headers=headers)
 
     @app.exception_handler(_Unauthorized)
     async def on_unauthorized(request: Request, exc):
@@ -147,10 +171,10 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
     @app.get("/health")
     def health():
         if state.rag is not None:
-            problem = state.rag.engine_problem()
-            if problem:  # the engine died after start-up: say why; the routes that need no engine still answer
-                return JSONResponse({"status": "error", "error": problem, "engine": settings.llm.engine}, 503)
-            return {"status": "ok", "chunks": state.rag.retriever.chunk_count(), "engine": settings.llm.engine}
+            ready = state.rag.ready()  # per engine, never by generating (see Engine.ready)
+            body = {"status": "ok" if ready else "unavailable", "chunks": state.rag.retriever.chunk_count(),
+                    "engine": settings.llm.engine, "queue": state.rag.queue.stats()}
+            return body if ready else JSONResponse({**body, "error": ready.reason}, 503)
         status = "error" if state.error else "loading"
         return JSONResponse({"status": status, "error": state.error}, 503)
 
@@ -159,26 +183,32 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "ftatlas"} for m in rag.models()]}
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    def chat(req: ChatRequest, rag: Rag):
+    async def chat(req: ChatRequest, request: Request, rag: Rag):
+        req.check_supported()
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        cancel = threading.Event()  # set when the client disconnects: leaves the queue, stops the generation
         kwargs = dict(max_tokens=req.max_tokens or req.max_completion_tokens, temperature=req.temperature,
                       retrieval=req.retrieval.model_dump(exclude_none=True) if req.retrieval else None,
-                      top_p=req.top_p, stop=req.stop)
+                      top_p=req.top_p, stop=req.stop, cancel=cancel)
         if not req.stream:
-            return rag.complete(req.model, messages, **kwargs)
+            return await _unless_disconnected(request, cancel, run_in_threadpool(rag.complete, req.model, messages, **kwargs))
         chunks = rag.stream_chunks(req.model, messages, **kwargs)
-        first = next(chunks)  # prepares (validates, retrieves) before the 200 goes out: errors stay HTTP errors
-        return StreamingResponse(_sse(first, chunks), media_type="text/event-stream")
+        # prepares (validates, retrieves, takes a place in the queue) before the 200 goes out: errors stay HTTP errors
+        first = await _unless_disconnected(request, cancel, run_in_threadpool(next, chunks))
+        return StreamingResponse(_events(request, cancel, _sse(first, chunks)), media_type="text/event-stream")
 
     @app.post("/v1/embeddings", dependencies=auth)
     def embeddings(req: EmbeddingsRequest, rag: Rag):
+        if req.model != rag.embedder.id:
+            raise UnknownModel(f"embedding model {req.model!r} is not served; available: {rag.embedder.id}")
         texts = [req.input] if isinstance(req.input, str) else req.input
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise BadRequest("input must be a non-empty string or list of non-empty strings")
         vecs = rag.embedder.encode(texts)
+        tokens = sum(rag.embedder.input_tokens(t) for t in texts)
         return {"object": "list", "model": rag.embedder.id,
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)],
-                "usage": {"prompt_tokens": sum(rag.embedder.count_tokens(t) for t in texts), "total_tokens": 0}}
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     @app.post("/v1/retrieve", dependencies=auth)
     def retrieve(req: RetrieveRequest, rag: Rag):
@@ -234,6 +264,40 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
     return app
 
 
+DISCONNECT_POLL_S = 0.5
+
+
+async def _unless_disconnected(request: Request, cancel: threading.Event, work) -> Any:
+    """Await `work` (running in a thread), setting `cancel` if the client goes away meanwhile."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if not cancel.is_set() and await request.is_disconnected():
+            cancel.set()
+
+
+async def _events(request: Request, cancel: threading.Event, events) -> Any:
+    """The SSE stream, read from its thread event by event. A disconnect sets `cancel`, even while the request waits
+    in the queue and sends nothing; then the stream is closed, which gives back its place in the queue at once."""
+    pending = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(run_in_threadpool(next, events, None))
+            event = await _unless_disconnected(request, cancel, pending)
+            pending = None
+            if event is None or cancel.is_set():
+                break
+            yield event
+    finally:
+        cancel.set()
+        with anyio.CancelScope(shield=True):  # runs even when the response was cancelled by the disconnect
+            if pending is not None:
+                await asyncio.wait({pending})  # the thread sees `cancel` at its next token or queue poll
+            await run_in_threadpool(events.close)
+
+
 def _sse(first: dict, chunks) -> Any:
     yield f"data: {json.dumps(first, ensure_ascii=False)}\n\n"
     try:
@@ -241,4 +305,6 @@ def _sse(first: dict, chunks) -> Any:
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
     except ServeError as e:  # the engine died mid-answer: say so in the stream, in OpenAI's error shape
         yield f"data: {json.dumps(error_body(str(e), e.type, e.code))}\n\n"
+    finally:
+        chunks.close()  # a stream closed early frees its queue place and engine lock now, not at garbage collection
     yield "data: [DONE]\n\n"

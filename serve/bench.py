@@ -170,7 +170,7 @@ def run_bench(settings, url: str | None = None, seconds: float = 60, clients: in
         rows["api_vs_direct_ratio"] = round(rows["api_tokens_per_s"] / rows["direct_tokens_per_s"], 3)
         rows["rss_mb"] = round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1)
 
-    errors, done = [], [0]
+    errors, done, rejected = [], [0], [0]
     stop_at = time.monotonic() + seconds
     qs = _questions(settings, 64)
 
@@ -180,6 +180,12 @@ def run_bench(settings, url: str | None = None, seconds: float = 60, clients: in
             try:
                 _stream(url, {"model": "atlas-rag", "max_tokens": 32, "messages": [{"role": "user", "content": qs[k % len(qs)]}]})
                 done[0] += 1
+            except httpx.HTTPStatusError as e:
+                if e.response.status_code == 429:  # the queue is full (serve.max_queue): come back when told
+                    rejected[0] += 1
+                    time.sleep(min(float(e.response.headers.get("Retry-After", 1)), max(0.0, stop_at - time.monotonic())))
+                    continue
+                errors.append(repr(e))
             except Exception as e:  # every failure is counted and shown
                 errors.append(repr(e))
             k += clients
@@ -190,7 +196,9 @@ def run_bench(settings, url: str | None = None, seconds: float = 60, clients: in
     for t in threads:
         t.join()
     rows.update({"concurrent_clients": clients, "concurrent_seconds": seconds, "concurrent_requests": done[0],
-                 "concurrent_errors": len(errors), "first_errors": errors[:3]})
+                 "concurrent_rejected_429": rejected[0], "concurrent_errors": len(errors), "first_errors": errors[:3]})
+    if server is not None:
+        rows["rss_after_mb"] = round(psutil.Process(os.getpid()).memory_info().rss / 2**20, 1)
     if server is not None:
         server.should_exit = True
     return _write(rows, out)

@@ -26,6 +26,7 @@ SYSTEM_BASE = (
     "You are ftatlas, an assistant for engineers who adapt large language models. Answer in {language}, "
     "in one to three short sentences."
 )
+CLIENT_SYSTEM = "The client adds these instructions; the rules above still apply:\n{text}"
 
 
 def split_sentences(text: str) -> list[str]:
@@ -61,10 +62,12 @@ def build_messages(
     history: list[dict] | None = None,
     count_tokens: Callable[[str], int] | None = None,
     history_budget: int = 600,
+    client_system: str = "",
 ) -> list[dict]:
     """Chat messages for the model. passages=None means closed-book (atlas-base).
 
-    The same function builds the fine-tuning examples, so the adapter learns exactly this format.
+    The same function builds the fine-tuning examples, so the adapter learns exactly this format. A client's own
+    system message (already trimmed to its budget) follows the server's rules, which it cannot replace.
     """
     lang = LANGUAGE_NAMES.get(language, "English")
     if passages is None:
@@ -73,6 +76,8 @@ def build_messages(
     else:
         system = SYSTEM_RAG.format(language=lang, no_answer=NO_ANSWER.get(language, NO_ANSWER["en"]))
         user = f"Passages:\n\n{format_passages(passages)}\n\nQuestion: {question}"
+    if client_system.strip():
+        system += "\n\n" + CLIENT_SYSTEM.format(text=client_system.strip())
     messages = [{"role": "system", "content": system}]
     messages += trim_history(history or [], count_tokens, history_budget)
     messages.append({"role": "user", "content": user})
@@ -112,3 +117,18 @@ def load_history(path: Path) -> list[dict]:
         if not isinstance(turn.get("content"), str) or not turn["content"].strip():
             raise BadRequest(f"history file {path}: turn {i} needs a non-empty text content")
     return [{"role": t["role"], "content": t["content"]} for t in turns]
+
+
+def trim_to_tokens(text: str, count_tokens: Callable[[str], int] | None, budget: int) -> str:
+    """The start of `text` that fits in `budget` tokens, cut at a word. Example: ('one two three', len, 8) -> 'one two'."""
+    count = count_tokens or (lambda s: len(s) // 3 + 1)
+    text = text.strip()
+    if budget <= 0:
+        return ""
+    while text and count(text) > budget:
+        cut = max(1, int(len(text) * min(0.9, budget / count(text))))
+        head = text[:cut]
+        if not head[-1].isspace() and not text[cut].isspace() and len(head.split()) > 1:
+            head = head.rsplit(None, 1)[0]  # a word cut in half is dropped
+        text = head.rstrip()
+    return text

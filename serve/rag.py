@@ -5,15 +5,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .answer import grounded_answer
-from .engines import Engine, GenerationParams, create_engine, languages_written
-from .errors import BadRequest, ContextOverflow, EngineUnavailable, UnknownModel
+from .engines import Engine, GenerationParams, Readiness, create_engine, languages_written
+from .errors import BadRequest, ClientGone, ContextOverflow, EngineUnavailable, UnknownModel
 from .grounding import Grounder, reading
 from .models import LORA, ModelSpec, adapter_specs, configured
-from .prompt import NO_ANSWER, build_messages
+from .prompt import NO_ANSWER, build_messages, trim_to_tokens
+from .queue import EngineQueue
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
 
 STOP = ["\n\n\n", "Question:", "Passages:", "<|im_end|>"]
@@ -31,6 +33,18 @@ class Prepared:
     grounder: Grounder | None
     refuse: bool = False
     timings: dict = field(default_factory=dict)
+    finish: str = "stop"  # the engine's finish reason: "length" when max_tokens cut it
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's finish_reason: "length" when max_tokens cut the text the client receives."""
+        mode = (self.timings.get("grounding") or {}).get("mode", "generated")
+        return "length" if self.finish == "length" and mode == "generated" else "stop"
+
+
+def _tracked(stream, prep: Prepared):
+    """Passes an engine's deltas through and keeps its finish reason (the generator's return value) on `prep`."""
+    prep.finish = (yield from stream) or "stop"
 
 
 def question_language(text: str) -> str:
@@ -62,6 +76,7 @@ class RagEngine:
         if engine is not None:
             self._engines[False] = engine
         self.adapter_errors: dict[str, str] = {}  # model name -> why its adapter is not served
+        self.queue = EngineQueue(settings.serve.max_queue, settings.serve.max_active)
 
     # -- models --------------------------------------------------------------------------------------------
     @property
@@ -130,9 +145,12 @@ class RagEngine:
         language = question_language(question)
         history = [m for m in messages[:-1] if m.get("role") in ("user", "assistant")]
         max_tokens = max_tokens or self.settings.llm.max_tokens
+        client = "\n".join(str(m.get("content") or "") for m in messages if m.get("role") in ("system", "developer"))
+        client = trim_to_tokens(client, self._count, self.settings.serve.system_tokens)
         timings = {}
         if not spec.retrieval:
-            msgs = build_messages(question, None, language, history, self._count, self.settings.serve.history_tokens)
+            msgs = build_messages(question, None, language, history, self._count, self.settings.serve.history_tokens,
+                                  client)
             self._check_budget(msgs, max_tokens)
             return Prepared(spec, question, language, [], msgs, None, timings=timings)
         t0 = time.perf_counter()
@@ -144,11 +162,13 @@ class RagEngine:
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
         timings["reading_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
-        msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
+        msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens,
+                              client)
         while self._too_long(msgs, max_tokens) and len(passages) > 1:
             passages = passages[:-1]
             grounder = grounder.subset(passages)
-            msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens)
+            msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens,
+                                  client)
         self._check_budget(msgs, max_tokens)
         return Prepared(spec, question, language, passages, msgs, grounder, refuse, timings)
 
@@ -185,7 +205,7 @@ class RagEngine:
         """Answer text in pieces; `prep.timings['grounding']` is filled when the generator is exhausted."""
         lang = prep.language
         if not prep.spec.retrieval:
-            yield from self.engine(prep.spec.slot).stream(prep.messages, params)
+            yield from _tracked(self.engine(prep.spec.slot).stream(prep.messages, params), prep)
             prep.timings["grounding"] = None
             return
         if prep.refuse:
@@ -202,29 +222,53 @@ class RagEngine:
     def _generate_grounded(self, prep: Prepared, params: GenerationParams) -> Iterator[str]:
         """The model's answer, sentence by sentence as each passes the check; quotes go to the evidence."""
         verdict: dict = {}
-        stream = self.engine(prep.spec.slot).stream(prep.messages, params)
+        stream = _tracked(self.engine(prep.spec.slot).stream(prep.messages, params), prep)
         yield from grounded_answer(stream, prep.grounder, prep.passages, self.settings.llm, prep.language, verdict)
         prep.timings["grounding"] = verdict
 
-    def params(self, max_tokens=None, temperature=None, top_p=None, stop=None) -> GenerationParams:
+    def params(self, max_tokens=None, temperature=None, top_p=None, stop=None, cancel=None) -> GenerationParams:
         llm = self.settings.llm
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return GenerationParams(
             max_tokens=max_tokens or llm.max_tokens, temperature=llm.temperature if temperature is None else temperature,
             top_p=llm.top_p if top_p is None else top_p, stop=STOP + stops, repeat_penalty=llm.repeat_penalty,
+            cancel=cancel if cancel is not None else threading.Event(),
         )
 
+    def uses_engine(self, prep: Prepared) -> bool:
+        """Whether answering calls the engine (and so waits in its queue); refusals and quotes do not."""
+        return not prep.spec.retrieval or (not prep.refuse and prep.language in self.writes(prep.spec))
+
+    @contextmanager
+    def turn(self, prep: Prepared, params: GenerationParams) -> Iterator[None]:
+        """Holds a place in the engine queue for one request (QueueFull when it is full; ClientGone when the caller
+        left while waiting); answers that need no engine pass straight through."""
+        if not self.uses_engine(prep):
+            yield
+            return
+        ticket = self.queue.join()
+        try:
+            for _ in self.queue.wait(ticket, params.cancel):
+                pass
+            if params.cancel.is_set():
+                raise ClientGone("the client went away while waiting for the model")
+            yield
+        finally:
+            self.queue.done(ticket)
+
     def complete(self, model: str, messages: list[dict], max_tokens: int | None = None, temperature: float | None = None,
-                 retrieval: dict | None = None, top_p: float | None = None, stop=None) -> dict:
-        """A non-streaming chat.completion dict with top-level `sources` and `grounding`."""
+                 retrieval: dict | None = None, top_p: float | None = None, stop=None,
+                 cancel: threading.Event | None = None) -> dict:
+        """A non-streaming chat.completion dict with top-level `sources` and `grounding`; a set `cancel` stops it."""
         t0 = time.perf_counter()
         prep = self.prepare(model, messages, retrieval, max_tokens)
-        params = self.params(max_tokens, temperature, top_p, stop)
-        text = "".join(self.stream_text(prep, params)).strip()
+        params = self.params(max_tokens, temperature, top_p, stop, cancel)
+        with self.turn(prep, params):
+            text = "".join(self.stream_text(prep, params)).strip()
         prompt_tokens = self._prompt_tokens(prep.messages)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": prep.finish_reason}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self._count(text),
                       "total_tokens": prompt_tokens + self._count(text)},
             "sources": self.sources(prep), "grounding": prep.timings.get("grounding"),
@@ -233,40 +277,48 @@ class RagEngine:
         }
 
     def stream_chunks(self, model: str, messages: list[dict], max_tokens=None, temperature=None, retrieval=None,
-                      top_p=None, stop=None) -> Iterator[dict]:
-        """chat.completion.chunk dicts: the first carries the role and `sources`, the last `grounding`."""
+                      top_p=None, stop=None, cancel: threading.Event | None = None) -> Iterator[dict]:
+        """chat.completion.chunk dicts: the first carries the role and `sources`, the last `grounding`.
+
+        The first chunk comes only once the request holds a place in the engine queue (else QueueFull); while it
+        waits, empty chunks carry `queue: {"position": n}`. A set `cancel` leaves the queue and stops generating.
+        """
         prep = self.prepare(model, messages, retrieval, max_tokens)
-        params = self.params(max_tokens, temperature, top_p, stop)
+        params = self.params(max_tokens, temperature, top_p, stop, cancel)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def chunk(delta: dict, finish=None, **extra) -> dict:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
 
-        yield chunk({"role": "assistant"}, sources=self.sources(prep))
-        for piece in self.stream_text(prep, params):
-            yield chunk({"content": piece})
-        yield chunk({}, "stop", grounding=prep.timings.get("grounding"))
+        ticket = self.queue.join() if self.uses_engine(prep) else None
+        try:
+            yield chunk({"role": "assistant"}, sources=self.sources(prep))
+            if ticket is not None:
+                for position in self.queue.wait(ticket, params.cancel):
+                    yield chunk({}, queue={"position": position})
+                if params.cancel.is_set():
+                    return
+            for piece in self.stream_text(prep, params):
+                yield chunk({"content": piece})
+            yield chunk({}, prep.finish_reason, grounding=prep.timings.get("grounding"))
+        finally:
+            if ticket is not None:
+                self.queue.done(ticket)
 
     @staticmethod
     def sources(prep: Prepared) -> list[dict]:
         items = [p.as_source(i) for i, p in enumerate(prep.passages, 1)]
         return sorted(items, key=lambda s: -s["score"])
 
-    def ready(self) -> bool:
+    def ready(self) -> Readiness:
+        """Ready to answer: the index has chunks and the base engine says it is ready (it never generates for this)."""
         try:
-            return self.retriever.chunk_count() > 0 and self.engine().ready()
-        except EngineUnavailable:
-            return False
-
-    def engine_problem(self) -> str | None:
-        """Why a loaded engine cannot answer now (e.g. its process died by a signal), or None. Never generates."""
-        for engine in list(self._engines.values()):
-            problem = getattr(engine, "problem", None)
-            why = problem() if problem else None
-            if why:
-                return why
-        return None
+            if self.retriever.chunk_count() == 0:
+                return Readiness(False, "the index is empty: run `ftatlas ingest`")
+            return self.engine().ready()
+        except EngineUnavailable as e:
+            return Readiness(False, str(e))
 
     def close(self) -> None:
         for engine in self._engines.values():

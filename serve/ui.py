@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 import os
+import threading
 from pathlib import Path
 
 from .models import configured
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+QUEUED = "⏳ Waiting for the model: position {position} in the queue."
 
 
 def sources_html(sources: list[dict]) -> str:
@@ -65,15 +68,22 @@ def mount_ui(app, state):
                 if isinstance(m.get("content"), str)]
         msgs.append({"role": "user", "content": message})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        cancel = threading.Event()  # set when Gradio closes this generator (the page went away): stop generating
         try:
             chunks = engine.stream_chunks(model, msgs, max_tokens=settings.llm.max_tokens, temperature=temperature,
-                                          retrieval={"top_k": int(top_k)})
+                                          retrieval={"top_k": int(top_k)}, cancel=cancel)
             sources = next(chunks).get("sources", [])
             panel = sources_html(sources)
             yield history, "", panel
             for chunk in chunks:
+                if "queue" in chunk:  # waiting for the model behind other questions (UI and API share one queue)
+                    history[-1]["content"] = QUEUED.format(position=chunk["queue"]["position"])
+                    yield history, "", panel
+                    continue
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
+                    if history[-1]["content"].startswith(QUEUED[:2]):
+                        history[-1]["content"] = ""
                     history[-1]["content"] += delta
                     yield history, "", panel
                 evidence = (chunk.get("grounding") or {}).get("evidence")
@@ -83,6 +93,8 @@ def mount_ui(app, state):
         except Exception as e:  # shown in the chat, never a dead UI
             history[-1]["content"] = f"⚠️ {e}"
             yield history, "", gr.update()
+        finally:
+            cancel.set()
 
     def docs_table():
         from ingest import list_documents
@@ -127,7 +139,10 @@ def mount_ui(app, state):
             gr.Markdown("### Sources")
             panel = gr.HTML(elem_id="sources")
             for trigger in (box.submit, send.click):
-                trigger(respond, [box, chat, mode, top_k, temperature], [chat, box, panel])
+                # Gradio's own queue would hold all but one question out of sight; ours (serve.max_queue, shared with
+                # the API) admits up to max_active + max_queue and shows each its position, so Gradio lets them through.
+                trigger(respond, [box, chat, mode, top_k, temperature], [chat, box, panel],
+                        concurrency_limit=settings.serve.max_active + settings.serve.max_queue)
         with gr.Tab("Documents"):
             table = gr.Dataframe(headers=["id", "kind", "chunks", "title"], interactive=False, elem_id="documents")
             with gr.Row():

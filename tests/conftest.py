@@ -119,3 +119,22 @@ def live_server(engine_probe, corpus_index, rag, embedder):
     server = LiveServer(create_app(corpus_index, rag=rag, start=False, embedder=embedder))
     yield server
     server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Only tests marked `gpu` may skip: any other skip (a missing tool, a guard that is always true) fails the run."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("gpu") is None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but only tests marked gpu may skip: {reason}"
+
+
+def pytest_collectreport(report):
+    """A module that skips itself at import (importorskip) fails too."""
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"module skipped, but only tests marked gpu may skip: {reason}"

@@ -240,3 +240,248 @@ def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus
     assert (text == NO_ANSWER["en"]) is (mode == "refused")
     if mode == "extractive":  # the passages are quoted instead, each sentence with its [n]
         assert "48 GB" in text and re.search(r"\[\d\]", text)
+
+
+# ---------------------------------------------------------------- readiness, faults and the remote contract
+
+
+class CountingUpstream:
+    """The edge faked here: an OpenAI-compatible endpoint that counts its requests, can be made slow, and answers
+    POSTs with `post` = (status, body)."""
+
+    def __init__(self, post: tuple[int, dict] | None = None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.hits: list[str] = []
+        self.delay_s = 0.0
+        self.post = post
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                upstream.hits.append(f"{self.command} {self.path}")
+                time.sleep(upstream.delay_s)
+                status, body = 200, {"object": "list", "data": [{"id": "m", "object": "model"}]}
+                if self.command == "POST" and upstream.post:
+                    self.rfile.read(int(self.headers.get("content-length", 0)))
+                    status, body = upstream.post
+                body = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_openai_readiness_asks_get_models_within_2s_cached_5s_and_never_generates(corpus_index, rag):
+    from fastapi.testclient import TestClient
+
+    from serve import RagEngine, create_app
+    from serve.engines.openai import OpenAIEngine
+
+    upstream = CountingUpstream()
+    try:
+        settings = with_llm(corpus_index, engine="openai", base_url=upstream.url, model="m")
+        remote = RagEngine(settings, engine=OpenAIEngine(settings), retriever=rag.retriever)
+        with TestClient(create_app(settings, rag=remote, start=False, ui=False)) as c:
+            assert c.get("/health").json()["status"] == "ok"
+            assert c.get("/health").status_code == 200
+            assert upstream.hits == ["GET /v1/models"], "one GET /models for both checks, no generation"
+            upstream.delay_s = 4.0
+            remote.engine()._ready = None  # the 5 s cache has run out
+            t0 = time.monotonic()
+            r = c.get("/health")
+            assert r.status_code == 503 and time.monotonic() - t0 < 3.5, "a slow /models is a failed check after 2 s"
+            assert "openai engine" in r.json()["error"]
+    finally:
+        upstream.delay_s = 0
+        upstream.close()
+
+
+def test_health_is_503_when_the_remote_engine_is_down(corpus_index, rag):
+    from fastapi.testclient import TestClient
+
+    from serve import RagEngine, create_app
+    from serve.engines.openai import OpenAIEngine
+
+    settings = with_llm(corpus_index, engine="openai", base_url=f"http://127.0.0.1:{free_port()}/v1", model="m")
+    dead = RagEngine(settings, engine=OpenAIEngine(settings), retriever=rag.retriever)
+    with TestClient(create_app(settings, rag=dead, start=False, ui=False)) as c:
+        r = c.get("/health")
+    assert r.status_code == 503
+    assert r.json()["status"] == "unavailable" and "unreachable" in r.json()["error"]
+
+
+@pytest.mark.parametrize("status, error, code", [
+    (400, {"message": "This model's maximum context length is 4096 tokens. However, you requested 9000 tokens",
+           "type": "invalid_request_error", "code": "context_length_exceeded"}, "context_length_exceeded"),
+    (422, {"message": "temperature: must be at most 1.0", "type": "invalid_request_error"}, "upstream_rejected"),
+])
+def test_a_remote_4xx_stays_a_4xx(corpus_index, rag, status, error, code):
+    from fastapi.testclient import TestClient
+
+    from serve import RagEngine, create_app
+
+    upstream = CountingUpstream(post=(status, {"error": error}))
+    try:
+        settings = with_llm(corpus_index, engine="openai", base_url=upstream.url, model="m")
+        remote = RagEngine(settings, retriever=rag.retriever)
+        with TestClient(create_app(settings, rag=remote, start=False, ui=False)) as c:
+            r = c.post("/v1/chat/completions", json={"model": "atlas-base", "max_tokens": 8,
+                                                     "messages": [{"role": "user", "content": "Hello"}]})
+        assert r.status_code == status, r.text
+        assert r.json()["error"]["code"] == code and f"answered {status}" in r.json()["error"]["message"]
+    finally:
+        upstream.close()
+
+
+def test_an_empty_remote_stream_is_an_error_not_an_empty_answer(corpus_index, rag, llama_server):
+    from serve import EngineUnavailable, RagEngine
+
+    # llama.cpp's server answers a too-long *streamed* request with 200 and no events (its 400 is lost): we believe
+    # the context is 32k, the server (n_ctx 4096) knows better.
+    settings = with_llm(corpus_index, engine="openai", base_url=llama_server, model="smollm2", n_ctx=32768)
+    remote = RagEngine(settings, retriever=rag.retriever)
+    with pytest.raises(EngineUnavailable, match="without an answer"):
+        remote.complete("atlas-base", [{"role": "user", "content": "adapter rank " * 3000}], max_tokens=8)
+    remote.close()
+
+
+def test_vllm_validates_the_adapter_before_launch_and_takes_its_own_rank(corpus_index, tmp_path, monkeypatch):
+    from finetune import AdapterError
+    from serve import EngineUnavailable, RagEngine
+    from serve.engines import vllm
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "vllm"  # records its argv and fails: what matters is the command line it was given
+    exe.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                   "open(os.environ['VLLM_ARGV_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\nsys.exit(3)\n")
+    exe.chmod(0o755)
+    argv_file = tmp_path / "argv.jsonl"
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("VLLM_ARGV_FILE", str(argv_file))
+    base = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    def launch(adapter) -> list[str]:
+        settings = with_llm(corpus_index, engine="vllm", model=base, vllm_port=free_port(), vllm_startup_timeout_s=30,
+                            adapter=adapter)
+        settings = settings.model_copy(update={"finetune": settings.finetune.model_copy(update={"lora_r": 16})})
+        engine = RagEngine(settings)
+        with pytest.raises(EngineUnavailable, match="exited with code 3"):
+            engine.engine()  # the base engine launches first, as at start-up
+        vllm._launchers.clear()
+        return json.loads(argv_file.read_text().splitlines()[-1])
+
+    wide = tiny_adapter(tmp_path / "wide", base, r=32)
+    args = launch(wide)
+    assert args[args.index("--max-lora-rank") + 1] == "32", "the adapter's own r, not finetune.lora_r"
+    assert args[args.index("--lora-modules") + 1] == f"atlas-rag-lora={wide}"
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    (broken / "adapter_model.bin").write_bytes(b"pickle, not safetensors")
+    args = launch(broken)
+    assert "--enable-lora" not in args and "--lora-modules" not in args, "a broken adapter is never launched"
+    settings = with_llm(corpus_index, engine="vllm", model=base, vllm_port=free_port(), adapter=broken)
+    with pytest.raises(AdapterError, match="pickled"):
+        RagEngine(settings).engine(adapter=True)
+
+
+@pytest.fixture(scope="module")
+def hf_engine(corpus_index):
+    from serve.engines.hf import TransformersEngine
+
+    engine = TransformersEngine(with_llm(corpus_index, engine="transformers", timeout_s=30))
+    yield engine
+    engine.close()
+
+
+def hf_params(**kw):
+    from serve.engines import GenerationParams
+
+    return GenerationParams(**{"max_tokens": 24, "temperature": 0.0, "repeat_penalty": 1.15, **kw})
+
+
+HF_MESSAGES = [{"role": "user", "content": "List three colours, separated by commas."}]
+
+
+def test_transformers_generate_failure_is_a_503_and_releases_the_lock(hf_engine, monkeypatch):
+    import threading
+
+    from serve import EngineUnavailable
+
+    def broken(**kwargs):
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(hf_engine.model, "generate", broken)
+    outcome = {}
+
+    def call():
+        try:
+            outcome["text"] = "".join(hf_engine.stream(HF_MESSAGES, hf_params()))
+        except Exception as e:  # noqa: BLE001 - the exception is what is checked
+            outcome["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "the caller hung waiting for a worker that had died"
+    assert isinstance(outcome.get("error"), EngineUnavailable) and "out of memory" in str(outcome["error"])
+    assert outcome["error"].status == 503
+    monkeypatch.undo()
+    assert hf_engine._lock.acquire(timeout=1), "the lock was released"
+    hf_engine._lock.release()
+    assert "".join(hf_engine.stream(HF_MESSAGES, hf_params(max_tokens=4)))
+
+
+def test_transformers_stop_strings_end_generation_and_keep_the_text_before_them(hf_engine, monkeypatch):
+    free = "".join(hf_engine.stream(HF_MESSAGES, hf_params()))
+    words = free.split()
+    assert len(words) >= 4, free
+    # a stop string that starts inside a word: the streamer delivers that word and the stop string in one delta
+    word = next(w for w in words[1:] if len(w) >= 4)
+    at = free.index(word, len(words[0])) + 2
+    stop = free[at:at + 2]
+    assert free.find(stop) == at, "pick a stop string that occurs first there"
+
+    generated = []
+    real = hf_engine.model.generate
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(hf_engine.model, "generate", spy)
+    cut = "".join(hf_engine.stream(HF_MESSAGES, hf_params(stop=[stop])))
+    assert cut == free[:at], "the text before the stop string, in the same delta, is kept"
+    full = hf_engine.count_tokens(free)
+    assert generated and generated[0] < full, "generation itself stopped at the stop string"
+
+
+def test_transformers_close_frees_the_model(hf_engine):
+    import gc
+    import weakref
+
+    ref = weakref.ref(hf_engine.model)
+    assert hf_engine.ready()
+    hf_engine.close()
+    gc.collect()
+    assert ref() is None, "the model's memory is released"
+    assert not hf_engine.ready() and "closed" in hf_engine.ready().reason

@@ -380,6 +380,73 @@ def test_a_failed_path_inside_a_new_and_a_remembered_ingest_keeps_the_good_ones(
     assert load_state(s).user_paths == [str(good)] and user_doc_id(good) in list_documents(s)
 
 
+# ---------------------------------------------------------------- the BM25 index under load
+
+
+def keyword_docs(n: int, word: str) -> tuple[list[str], list[str]]:
+    return [f"{word}:{i:04d}" for i in range(n)], [f"{word} passage {i} about adapter rank {i % 7}" for i in range(n)]
+
+
+def test_bm25_is_read_from_disk_once_per_fingerprint(tmp_path, monkeypatch):
+    import bm25s
+
+    loads = []
+    real_load = bm25s.BM25.load.__func__
+    monkeypatch.setattr(bm25s.BM25, "load", classmethod(lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    folder = tmp_path / "bm25"
+    KeywordIndex(folder).build(*keyword_docs(20, "zebra"), "fp-one")
+    served = KeywordIndex(folder)
+    for _ in range(10):  # what the retriever does per query: load(), then search
+        assert served.load().search("zebra adapter", 3)
+    assert len(loads) == 1, "an unchanged index is not read again"
+
+    KeywordIndex(folder).build(*keyword_docs(5, "okapi"), "fp-two")  # another process re-ingests
+    for _ in range(5):
+        hits = served.load().search("okapi adapter", 10)
+    assert served.fingerprint == "fp-two" and {c for c, _ in hits} <= set(keyword_docs(5, "okapi")[0]) and hits
+    assert len(loads) == 2
+
+
+def test_bm25_searches_stay_consistent_while_another_process_rebuilds(tmp_path):
+    folder = tmp_path / "bm25"
+    sizes = {"zebra": 40, "okapi": 3}
+    KeywordIndex(folder).build(*keyword_docs(sizes["zebra"], "zebra"), "zebra")
+    served = KeywordIndex(folder).load()
+    errors, stop = [], threading.Event()
+
+    def searcher():
+        while not stop.is_set():
+            try:
+                for cid, _ in served.load().search("zebra okapi passage adapter", 50):
+                    word, i = cid.split(":")
+                    assert int(i) < sizes[word], cid
+            except Exception as e:  # noqa: BLE001 - any error here is the failure under test
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(20):
+            word = ("okapi", "zebra")[k % 2]
+            KeywordIndex(folder).build(*keyword_docs(sizes[word], word), f"{word}-{k}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not errors, errors[:3]
+
+
+@pytest.mark.parametrize("damage", ["{not json", "{}", '{"ids": 7, "fingerprint": null}', ""])
+def test_a_damaged_bm25_meta_is_rebuilt_by_the_next_ingest(tmp_path, embedder, damage):
+    s = make_root(tmp_path / "root", {d: doc_text(d) for d in ("alpha", "beta")})
+    run(s, embedder=embedder)
+    (s.data_dir / "bm25" / "meta.json").write_text(damage, encoding="utf-8")
+    again = run(s, embedder=embedder)
+    assert again.keyword_rebuilt and not again.failed
+    assert set(assert_consistent(s)) == {"alpha", "beta"}
+
+
 # ---------------------------------------------------------------- crash safety and the CLI
 
 

@@ -1,6 +1,6 @@
 """LLM engines behind one interface; `create_engine(settings)` picks one by `llm.engine`."""
 
-from .base import Engine, GenerationParams, bundled_gguf, languages_written, resolve_model
+from .base import READY, Engine, GenerationParams, Readiness, bundled_gguf, languages_written, resolve_model
 
 
 def create_engine(settings, adapter: bool = False) -> Engine:
@@ -25,5 +25,5 @@ def create_engine(settings, adapter: bool = False) -> Engine:
     raise ValueError(f"unknown llm.engine {kind!r}")
 
 
-__all__ = ["Engine", "GenerationParams", "bundled_gguf", "create_engine", "languages_written",
+__all__ = ["READY", "Engine", "GenerationParams", "Readiness", "bundled_gguf", "create_engine", "languages_written",
            "resolve_model"]

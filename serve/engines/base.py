@@ -1,11 +1,12 @@
-"""The engine interface: stream text deltas for chat messages; count tokens; report health."""
+"""The engine interface: stream text deltas for chat messages; count tokens; say whether it is ready."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Generator, Protocol
 
 from ..errors import EngineUnavailable
 
@@ -61,17 +62,34 @@ class GenerationParams:
     top_p: float = 0.9
     stop: list[str] = field(default_factory=list)
     repeat_penalty: float = 1.15
+    cancel: threading.Event = field(default_factory=threading.Event)  # set when the caller went away: stop generating
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """An engine's answer to "can you generate now?", with the reason when not. Truthy when ready."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+READY = Readiness(True)
 
 
 class Engine(Protocol):
     name: str
     n_ctx: int
 
-    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
-        """Text deltas of the assistant's reply. Raises EngineUnavailable when the engine cannot answer."""
+    def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
+        """Text deltas of the assistant's reply; returns the finish reason ("stop" or "length"), which
+        `reason = yield from engine.stream(...)` receives. Raises EngineUnavailable when the engine cannot answer."""
 
     def count_tokens(self, text: str) -> int: ...
 
-    def ready(self) -> bool: ...
+    def ready(self) -> Readiness:
+        """Whether the engine can generate now, without generating (cheap: /health calls it)."""
 
     def close(self) -> None: ...

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Generator
 
 from ..errors import EngineUnavailable
-from .base import GenerationParams, resolve_model
+from .base import READY, GenerationParams, Readiness, resolve_model
 from .child import chat_handler
 
 
@@ -34,7 +34,7 @@ class LlamaCppEngine:
             path = settings.path(llm.adapter)
             validate_adapter(path, self.model_path)  # AdapterError: missing files, wrong base, not safetensors
             lora = str(gguf_adapter(path, self.model_path))
-        self.process = None
+        self.process, self.llm = None, None
         try:
             if llm.isolate:
                 from .worker import ProcessLlama
@@ -56,22 +56,33 @@ class LlamaCppEngine:
             return self.process.count_tokens(text)
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
+    def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
         if self.process:
-            yield from self.process.stream(messages, params)
-            return
+            return (yield from self.process.stream(messages, params))
+        finish = None
         with self._lock:
+            if self.llm is None:
+                raise EngineUnavailable("llamacpp engine: the model is closed")
             self.llm.reset()
             for chunk in self.llm.create_chat_completion(
                 messages=messages, stream=True, max_tokens=params.max_tokens, temperature=params.temperature,
                 top_p=params.top_p, stop=params.stop or None, repeat_penalty=params.repeat_penalty, seed=0,
             ):
+                if params.cancel.is_set():  # the caller disconnected: leaving the loop stops llama.cpp
+                    break
+                finish = chunk["choices"][0].get("finish_reason") or finish
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     yield delta
+        return finish or "stop"
 
-    def ready(self) -> bool:
-        return self.problem() is None
+    def ready(self) -> Readiness:
+        why = self.problem()
+        if why:
+            return Readiness(False, why)
+        if self.process is None and self.llm is None:
+            return Readiness(False, "llamacpp engine: the model is closed")
+        return READY
 
     def problem(self) -> str | None:
         """Why the engine cannot answer now (its child process died, and how), or None."""
@@ -80,5 +91,7 @@ class LlamaCppEngine:
     def close(self) -> None:
         if self.process:
             self.process.close()
-        elif hasattr(self.llm, "close"):
-            self.llm.close()
+            return
+        llm, self.llm = self.llm, None
+        if llm is not None and hasattr(llm, "close"):
+            llm.close()

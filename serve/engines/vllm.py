@@ -13,13 +13,29 @@ from pathlib import Path
 import httpx
 
 from ..errors import EngineUnavailable
+from .base import Readiness
 from .openai import OpenAIEngine
 
 LORA_NAME = "atlas-rag-lora"
+MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for --max-lora-rank
 
 
-def vllm_argv(settings, port: int) -> list[str]:
-    """The command line. Example: model 'm', no adapter -> ['vllm', 'serve', 'm', '--host', '127.0.0.1', '--port', '8001', ...]."""
+def max_lora_rank(info) -> int:
+    """--max-lora-rank for a validated adapter: its own largest rank, rounded up to a value vLLM accepts.
+
+    Example: r=4 -> 8; r=24 -> 32; r=8 with rank_pattern {'q_proj': 64} -> 64.
+    """
+    import json
+
+    cfg = json.loads((info.path / "adapter_config.json").read_text(encoding="utf-8"))
+    ranks = [int(info.r)] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
+    return next((m for m in MAX_LORA_RANKS if m >= max(ranks)), max(ranks))
+
+
+def vllm_argv(settings, port: int, lora_rank: int | None = None) -> list[str]:
+    """The command line; the adapter's flags only with its rank (it was validated first).
+
+    Example: model 'm', no adapter -> ['vllm', 'serve', 'm', '--host', '127.0.0.1', '--port', '8001', ...]."""
     llm = settings.llm
     argv = [
         "vllm", "serve", llm.model, "--host", "127.0.0.1", "--port", str(port),
@@ -28,20 +44,33 @@ def vllm_argv(settings, port: int) -> list[str]:
         "--max-model-len", str(llm.vllm_max_model_len),
         "--gpu-memory-utilization", str(llm.vllm_gpu_memory_utilization),
     ]
-    if llm.adapter:
+    if llm.adapter and lora_rank:
         argv += ["--enable-lora", "--lora-modules", f"{LORA_NAME}={settings.path(llm.adapter)}",
-                 "--max-lora-rank", str(max(8, settings.finetune.lora_r))]
+                 "--max-lora-rank", str(lora_rank)]
     return argv
 
 
 class VLLMLauncher:
-    """Owns the child process: started once, stopped on close, at exit, and on errors during start-up."""
+    """Owns the child process: started once, stopped on close, at exit, and on errors during start-up.
+
+    The adapter (llm.adapter) is validated before the first launch: a valid one is launched with its own rank, a
+    broken one is left out of the command line and its error kept for the adapter engine to raise.
+    """
 
     def __init__(self, settings):
         self.settings = settings
         self.port = settings.llm.vllm_port
         self.proc: subprocess.Popen | None = None
         self.log_path = settings.data_dir / "vllm.log"
+        self.lora_rank: int | None = None
+        self.adapter_error: Exception | None = None
+        if settings.llm.adapter:
+            from finetune import AdapterError, validate_adapter
+
+            try:
+                self.lora_rank = max_lora_rank(validate_adapter(settings.path(settings.llm.adapter), settings.llm.model))
+            except (AdapterError, OSError, ValueError) as e:
+                self.adapter_error = e
 
     def start(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -50,7 +79,7 @@ class VLLMLauncher:
             raise EngineUnavailable("vllm engine: the `vllm` executable is not on PATH (install the `gpu` extra on a CUDA host)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(vllm_argv(self.settings, self.port), stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(vllm_argv(self.settings, self.port, self.lora_rank), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         atexit.register(self.stop)
@@ -101,17 +130,22 @@ class VLLMEngine(OpenAIEngine):
     name = "vllm"
 
     def __init__(self, settings, adapter: bool = False):
-        if adapter:
-            from finetune import validate_adapter
-
-            validate_adapter(settings.path(settings.llm.adapter), settings.llm.model)
         launcher = _launchers.get(settings.llm.vllm_port)
         if launcher is None:
             launcher = _launchers[settings.llm.vllm_port] = VLLMLauncher(settings)
+        if adapter and launcher.adapter_error:
+            raise launcher.adapter_error
         launcher.start()
         self.launcher = launcher
         super().__init__(settings, adapter=adapter, base_url=f"http://127.0.0.1:{launcher.port}/v1",
                          model=LORA_NAME if adapter else settings.llm.model)
+
+    def ready(self) -> Readiness:
+        proc = self.launcher.proc
+        if proc is None or proc.poll() is not None:
+            code = "stopped" if proc is None else f"exited with code {proc.returncode}"
+            return Readiness(False, f"vllm engine: the vllm process {code} (log: {self.launcher.log_path})")
+        return super().ready()
 
     def close(self) -> None:
         super().close()

@@ -12,7 +12,7 @@ import sys
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection
-from typing import Iterator
+from typing import Generator
 
 from ..errors import EngineUnavailable
 from .base import GenerationParams
@@ -69,8 +69,9 @@ class ProcessLlama:
     def count_tokens(self, text: str) -> int:
         return len(self.vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[str]:
-        """Deltas from the child; closing this generator early tells the child to stop decoding."""
+    def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
+        """Deltas from the child, then its finish reason; closing this generator early, or params.cancel, tells the
+        child to stop decoding."""
         call = {k: v for k, v in asdict(params).items() if k in ("max_tokens", "temperature", "top_p", "repeat_penalty")}
         call["stop"] = params.stop or None
         with self._lock:
@@ -85,14 +86,15 @@ class ProcessLlama:
                 while True:
                     kind, value = self._recv()
                     if kind == "delta":
+                        if params.cancel.is_set():  # the caller disconnected: stop the child now
+                            return "stop"
                         yield value
                     elif kind == "error":
                         done = True
                         raise EngineUnavailable(f"llamacpp engine: {value}")
                     else:
                         done = True
-                        self.finish_reason = value
-                        return
+                        return "stop" if value == "cancelled" else value
             finally:
                 if not done and not self.dead:
                     self._drain()
