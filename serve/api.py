@@ -222,6 +222,10 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
                 return JSONResponse(error_body(str(e), "invalid_request_error", "document_not_found"), 404)
         return {"deleted": keys}
 
+    from .advice_api import router as advice_router
+
+    app.include_router(advice_router(get_rag), dependencies=auth)  # the advisor and the memory calculator
+
     if ui:
         from .ui import mount_ui
 

@@ -12,6 +12,7 @@ from typing import Iterator
 from .engines import Engine, GenerationParams, create_engine
 from .errors import BadRequest, ContextOverflow, EngineUnavailable, UnknownModel
 from .grounding import Grounder, reading, split_generated
+from .memory_chat import calculator_passages
 from .models import MODELS, ModelSpec
 from .prompt import NO_ANSWER, build_messages
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
@@ -100,6 +101,7 @@ class RagEngine:
         query = self.retrieval_query(messages)
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
+        passages = calculator_passages(question) + passages  # a memory question cites the calculator's result
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below

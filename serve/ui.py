@@ -98,6 +98,9 @@ def mount_ui(app, state):
             panel = gr.HTML(elem_id="sources")
             for trigger in (box.submit, send.click):
                 trigger(respond, [box, chat, mode, top_k, temperature], [chat, box, panel])
+        from .advice_ui import advisor_tab
+
+        advisor_tab(gr, state, ui)
         with gr.Tab("Documents"):
             table = gr.Dataframe(headers=["id", "kind", "chunks", "title"], interactive=False, elem_id="documents")
             with gr.Row():
