@@ -389,6 +389,43 @@ def memory(settings: Settings, preset, layers, hidden, vocab, ffn, method, preci
     click.echo(estimate(model, method, precision, batch_size, seq_len, lora_rank, modules).text())
 
 
+@cli.command()
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=Path("evals/situations.jsonl"),
+              show_default=True, help="Labelled situations (JSONL).")
+@click.option("--model", "with_model", is_flag=True, help="Also ask the configured LLM about the questions the rules leave open.")
+@pass_settings
+@friendly
+def situations(settings: Settings, path: Path, with_model: bool) -> None:
+    """Accuracy of pre-filling the advisor's answers from a described situation: rules alone, or rules + model."""
+    import json
+
+    from evals.situations import load_situations, score
+    from ingest import ingest as run_ingest
+    from serve.advisor import Advisor
+    from serve.situation import infer, infer_with_model
+
+    run_ingest(settings, progress=False)
+    advisor = Advisor.load(settings)
+    rows = load_situations(settings.path(path))
+    report = {"rules": score(rows, lambda text, lang: infer(advisor, text))}
+    if with_model:
+        from serve.engines import create_engine
+
+        engine = create_engine(settings)
+        try:
+            report["rules+model"] = score(rows, lambda text, lang: infer_with_model(advisor, text, engine, lang))
+        finally:
+            engine.close()
+    for how, by_lang in report.items():
+        for lang, r in by_lang.items():
+            click.echo(f"{how:12} {lang}: accuracy {r['accuracy']:.3f} ({r['right']}/{r['labelled']} labelled answers), "
+                       f"precision {r['precision']:.3f} ({r['right']}/{r['inferred']} inferred), {r['situations']} situations")
+    out = settings.path(settings.evals.reports_dir) / "situations.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    click.echo(f"written {out}")
+
+
 def main() -> None:
     cli(prog_name="ftatlas")
 

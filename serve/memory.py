@@ -11,6 +11,7 @@ from .errors import BadRequest
 
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.5}
 METHODS = ("full", "lora", "qlora", "inference")
+METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA", "inference": "inference"}
 # LLaMA (1) sizes from Touvron et al. 2023, Table 2; 70B is Llama 2 (grouped-query attention, 8 KV heads).
 PRESETS = {
     "7b": dict(layers=32, hidden=4096, vocab=32000, ffn=11008, heads=32, kv_heads=32, gated=True),
@@ -89,9 +90,10 @@ class Estimate:
                 "parts": {k: p.as_dict() for k, p in self.parts.items()}, "total_gb": round(self.total_gb, 2),
                 "assumptions": self.assumptions}
 
-    def text(self) -> str:
+    def text(self, model_name: str | None = None) -> str:
         """Plain sentences, one per part: what chat cites as a source."""
-        out = [f"GPU memory estimate for {self.method} of a {self.params / 1e9:.1f}B-parameter model: "
+        name = model_name or f"a {self.params / 1e9:.1f}B-parameter model"
+        out = [f"GPU memory estimate for {METHOD_NAMES[self.method]} of {name} ({self.params / 1e9:.1f}B parameters): "
                f"{self.total_gb:.1f} GB in total ({self.trainable / 1e6:.1f}M trainable parameters)."]
         out += [f"{k.capitalize()}: {p.bytes / 1e9:.1f} GB = {p.formula}." for k, p in self.parts.items()]
         out += [a if a.endswith(".") else a + "." for a in self.assumptions]

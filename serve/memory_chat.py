@@ -63,7 +63,7 @@ def calculator_passages(question: str) -> list[Passage]:
         est = estimate(model_from(args.pop("preset")), args.pop("method"), **args)
     except BadRequest:
         return []
-    text = est.text()
+    text = est.text(f"the {ask['preset'].upper()} model")
     key = hashlib.sha1(repr(sorted(ask.items())).encode()).hexdigest()[:8]
     section = f"{ask['method']}, {ask['preset']}, {ask['precision']}"
     return [Passage(f"memory-calculator:{key}", "memory-calculator", "GPU memory calculator", section,

@@ -11,9 +11,13 @@ from .advisor import SAY, Advisor, Walk
 from .prompt import split_sentences
 from .retrieval import Passage, RetrievalOptions, Retriever
 
-# Words that mark a card sentence as a reason against its method (the cards are English).
-_AGAINST = re.compile(r"\b(?:not|no|avoid|careful|instead|unless|cannot|can't|worse|lags?|falls? short|only when|"
-                      r"prefer|limited|less|weaker|costly|expensive|overkill|requires?|needs?)\b", re.I)
+# How a card's "when to choose it, and when not" sentence argues against its method (the cards are English):
+# an outright "avoid/prefer X/move to" first, then any sentence with a negation that does not recommend.
+_AGAINST_STRONG = re.compile(r"^(?:Avoid|Do not|Don't|Prefer|Move to|Be careful when|It is not|It is less)\b|"
+                             r"\bis not the right\b|\bless useful\b", re.I)
+_AGAINST = re.compile(r"\b(?:not|cannot|can't|avoid|unless|falls? short|overfit\w*)\b", re.I)
+_FOR = re.compile(r"^(?:Choose|Use|Be careful not)\b", re.I)
+_METHOD_LINE = re.compile(r"\*\*Method:\*\*\s*([^·\n]+)")
 WORDS = {
     "en": {"path": "Path", "table": "The atlas's table", "cards": "What each method trains and costs",
            "why_not": "Why not the other branches", "next": "Next step the atlas suggests", "no_card": "no method card in the corpus",
@@ -68,9 +72,26 @@ class Recommender:
         return None
 
     def card(self, name: str, cards: list[str]) -> str | None:
-        """Which of a family's cards is about `name`: the document of the best passage for it."""
-        found = self._find(name, cards, 3) if cards else []
-        return found[0].doc_id if found else None
+        """Which of a family's cards is about `name`: the one whose "Method:" line names it, else the best passage's.
+
+        Example: 'LoRA' among the LoRA / QLoRA family -> 'lora' ("Method: LoRA (low-rank adaptation)"), not
+        'lora-vs-full-ft' ("Method: LoRA vs full fine-tuning"), whatever the ranking.
+        """
+        found = self._find(f"Method: {name}", cards, 10 * len(cards)) if cards else []
+        if not found:
+            return None
+        want = name.casefold()
+
+        def named(p: Passage) -> int:
+            m = _METHOD_LINE.search(p.text)
+            if not m:
+                return 0
+            line = m.group(1).strip().casefold()
+            head = line.split(" (")[0].strip()
+            words = re.findall(r"[\w-]+", line)
+            return 3 if head == want else 2 if head.startswith(want) else 1 if want in words else 0
+
+        return max(found, key=named).doc_id  # max keeps the first of equals: the retriever's order
 
     def card_part(self, doc_id: str, query: str, section: str) -> Passage | None:
         found = self._find(query, [doc_id], 10)
@@ -85,8 +106,9 @@ class Recommender:
         if p is None:
             return None
         sentences = split_sentences(p.text)
-        against = [s for s in sentences if _AGAINST.search(s)]
-        return (against or sentences or [p.text])[0], p
+        strong = [s for s in sentences if _AGAINST_STRONG.search(s)]
+        weak = [s for s in sentences if _AGAINST.search(s) and not _FOR.search(s)]
+        return (strong or weak or sentences or [p.text])[0], p
 
     def recommend(self, walk: Walk, language: str) -> dict:
         w, adv, chart = WORDS[language], self.advisor, self.advisor.chart
@@ -142,7 +164,7 @@ class Recommender:
                     row = self.table_row(m.row)
                     if row and len(row[1]) > 1:
                         reasons.append(f"{w['placed'].format(area=row[1][1])}{ref(row[0])}")
-            why.append(head + ("; " + " ".join(reasons) if reasons else ref(chart_p)) + ("" if head.endswith(".") else ""))
+            why.append(head + ("; " + " ".join(reasons) if reasons else ref(chart_p)))
         if why:
             lines.append(f"{w['why_not']}:\n" + "\n".join(f"- {x}" for x in why))
 

@@ -37,3 +37,25 @@ def infer(advisor: Advisor, text: str) -> dict[str, tuple[str, str]]:
             if hits:
                 break  # both answers cued: ambiguous, ask
     return out
+
+
+def infer_with_model(advisor: Advisor, text: str, engine, language: str) -> dict[str, tuple[str, str]]:
+    """The rules' answers, then the model's yes/no/unknown for each question the rules left open."""
+    from .engines import GenerationParams
+
+    out = infer(advisor, text)
+    for node in advisor.chart.answers:
+        if node in out:
+            continue
+        question = advisor.text(node, language)
+        messages = [
+            {"role": "system", "content": "You read a user's situation and answer one question about it. "
+                                          "Reply with one word: yes, no, or unknown (when the situation does not say)."},
+            {"role": "user", "content": f"Situation: {text}\nQuestion: {question}\nAnswer (yes, no or unknown):"},
+        ]
+        reply = "".join(engine.stream(messages, GenerationParams(max_tokens=4, temperature=0.0))).strip().lower()
+        word = re.match(r"[a-zа-яё]+", reply)
+        key = {"yes": "yes", "да": "yes", "no": "no", "нет": "no"}.get(word.group(0) if word else "")
+        if key:
+            out[node] = (key, "the model")
+    return out
