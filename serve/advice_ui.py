@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 LABELS = {
     "en": {"yes": "Yes", "no": "No", "path": "Path so far", "empty": "(no answers yet)", "inferred": "inferred from"},
     "ru": {"yes": "Да", "no": "Нет", "path": "Путь", "empty": "(ответов пока нет)", "inferred": "выведено из"},
@@ -24,7 +26,11 @@ def advisor_tab(gr, state, blocks) -> None:
         return state.rag.retriever
 
     def show(answers, language, situation):
-        """(answers, question, path, chart, result, sources) for the walk so far."""
+        """(answers as JSON, question, path, chart, result, sources) for the walk so far."""
+        shown = _show(answers, language, situation)
+        return (json.dumps(shown[0]), *shown[1:])
+
+    def _show(answers, language, situation):
         try:
             advisor = Advisor.load(settings)
             out = advise(advisor, retriever, answers, language, situation or None)
@@ -35,7 +41,7 @@ def advisor_tab(gr, state, blocks) -> None:
                 + (f" ({words['inferred']} «{s['inferred_from']}»)" if s.get("inferred_from") else "")
                 for i, s in enumerate(out["path"], 1)]
         walk = advisor.walk([s["answer"] for s in out["path"]], language)
-        chart = f"```mermaid\n{advisor.mermaid(walk)}\n```"
+        chart = f"```mermaid\n{advisor.mermaid(walk, language)}\n```"
         answers = [s["answer"] for s in out["path"]]  # inferred answers count as given once shown
         path_md = f"**{words['path']}:**\n\n" + ("\n".join(path) if path else words["empty"])
         if not out["done"]:
@@ -45,11 +51,12 @@ def advisor_tab(gr, state, blocks) -> None:
 
     def answer(key):
         def go(answers, language, situation):
-            return show(list(answers) + [key], language, None if answers else situation)
+            given = json.loads(answers or "[]")
+            return show(given + [key], language, None if given else situation)
         return go
 
     def back(answers, language, situation):
-        return show(list(answers)[:-1], language, None)
+        return show(json.loads(answers or "[]")[:-1], language, None)
 
     def restart(language, situation):
         return show([], language, situation)
@@ -65,7 +72,8 @@ def advisor_tab(gr, state, blocks) -> None:
                 f"| part | GB | formula |\n|---|---|---|\n{rows}\n\n_{notes}_")
 
     with gr.Tab("Choose a method"):
-        answers = gr.State([])
+        # The answers so far, as JSON in a hidden box: a gr.State would hold a heartbeat connection open.
+        answers = gr.Textbox("[]", visible=False, elem_id="advisor-answers")
         with gr.Row():
             language = gr.Radio(["en", "ru"], value="en", label="Language", elem_id="advisor-language")
             situation = gr.Textbox(label="Describe your situation (optional)", elem_id="advisor-situation",
@@ -82,7 +90,7 @@ def advisor_tab(gr, state, blocks) -> None:
         chart = gr.Markdown(elem_id="advisor-chart")
         outputs = [answers, question, path, chart, result, sources]
         start.click(restart, [language, situation], outputs)
-        language.change(lambda a, lang: show(a, lang, None), [answers, language], outputs)
+        language.change(lambda a, lang: show(json.loads(a or "[]"), lang, None), [answers, language], outputs)
         yes.click(answer("yes"), [answers, language, situation], outputs)
         no.click(answer("no"), [answers, language, situation], outputs)
         prev.click(back, [answers, language, situation], outputs)

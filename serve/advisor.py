@@ -8,7 +8,6 @@ from pathlib import Path
 import yaml
 
 from ingest.decision import DecisionMap, load_map
-from ingest.mermaid import parse_flowchart
 
 from .errors import BadRequest, NotReady
 
@@ -102,20 +101,28 @@ class Advisor:
         """(step, node the other answer leads to) for each question on the path."""
         return [(s, self.chart.answers[s.id]["no" if s.answer == "yes" else "yes"]) for s in walk.path]
 
-    def mermaid(self, walk: Walk | None = None) -> str:
-        """The chart's own Mermaid source, with the nodes of `walk` highlighted."""
-        src = self.chart.mermaid.rstrip()
-        if not walk:
-            return src
-        nodes = [n for n, v in self.chart.nodes.items() if v["kind"] == "start"] + [s.id for s in walk.path] + [walk.node]
-        edges = parse_flowchart(src).edges  # Mermaid numbers links in the order they are written
-        for a, b in zip(nodes, nodes[1:]):
-            for i, (x, _, y) in enumerate(edges):
-                if (x, y) == (a, b):
-                    src += f"\n    linkStyle {i} stroke:#b07d00,stroke-width:4px"
-        for nid in nodes:
-            src += f"\n    style {nid} fill:#ffe08a,stroke:#b07d00,stroke-width:3px"
-        return src
+    def mermaid(self, walk: Walk | None = None, language: str = "ru") -> str:
+        """The chart redrawn from the graph in `language` (labels quoted, so any text is valid Mermaid), with the
+        nodes and links of `walk` highlighted."""
+        chart = self.chart
+        lines, edges = ["flowchart TD"], []
+        for nid, node in chart.nodes.items():
+            text = (node["label"] if language == "ru" else self.text(nid, language)).replace('"', "#quot;")
+            lines.append(f'    {nid}{{"{text}"}}' if node["kind"] == "decision" else f'    {nid}["{text}"]')
+        for nid, node in chart.nodes.items():
+            if node["kind"] == "start":
+                edges.append((nid, "", chart.start))
+        for q, to in chart.answers.items():
+            edges += [(q, SAY[language][key], to[key]) for key in ("yes", "no")]
+        for leaf, nxt in chart.next_steps.items():
+            edges += [(leaf, "", n) for n in nxt]
+        lines += [f"    {a} -- {t} --> {b}" if t else f"    {a} --> {b}" for a, t, b in edges]
+        if walk:
+            lit = [n for n, v in chart.nodes.items() if v["kind"] == "start"] + [s.id for s in walk.path] + [walk.node]
+            on_path = set(zip(lit, lit[1:]))
+            lines += [f"    linkStyle {i} stroke:#b07d00,stroke-width:4px" for i, (a, _, b) in enumerate(edges) if (a, b) in on_path]
+            lines += [f"    style {n} fill:#ffe08a,stroke:#b07d00,stroke-width:3px" for n in lit]
+        return "\n".join(lines)
 
 
 def english_path(settings, chart: DecisionMap) -> Path:
