@@ -82,7 +82,7 @@ def test_choose_a_method_walks_one_path_to_a_method(page):
     lit = page.locator("#advisor-chart svg [style*='ffe08a']")
     lit.first.wait_for(timeout=30_000)
     assert lit.count() >= 5, "the start, three questions and the leaf are highlighted in the rendered chart"
-    page.get_by_text("GPU memory calculator").click()
+    page.get_by_role("button", name="GPU memory calculator").click()
     page.locator("#memory-estimate").click()
     page.locator("#memory-result").get_by_text("GB for qlora of 7b").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "ui-advisor.png"), full_page=True)
