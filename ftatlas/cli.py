@@ -370,6 +370,134 @@ def ask(settings: Settings, question: str, mode: str, engine, max_tokens, histor
         click.echo(f"(grounding: {out['grounding']['mode']}, supported {out['grounding']['supported']})")
 
 
+@cli.command()
+@click.option("--answers", default=None, help="Comma-separated yes/no (да/нет) answers: print the result and exit, no prompts.")
+@click.option("--situation", default=None, help="Describe your case; the answers it implies are pre-filled (with --answers: no prompts).")
+@click.option("--language", type=click.Choice(["en", "ru"]), default=None, help="Default: the situation's language, else en.")
+@pass_settings
+@friendly
+def advise(settings: Settings, answers: str | None, situation: str | None, language: str | None) -> None:
+    """Walk the atlas's decision chart to a method, with the recommendation cited [n] from the corpus."""
+    from ingest import ingest as run_ingest
+    from serve.advice_api import advise as step
+    from serve.advisor import Advisor
+    from serve.retrieval import Retriever, is_russian
+
+    summary = run_ingest(settings, progress=False)
+    for name, reason in summary.failed:
+        click.echo(f"warning: {name}: {reason}", err=True)
+    advisor = Advisor.load(settings)
+    language = language or ("ru" if situation and is_russian(situation) else "en")
+    retrievers: list[Retriever] = []
+
+    def retriever() -> Retriever:
+        if not retrievers:
+            retrievers.append(Retriever(settings))
+        return retrievers[0]
+
+    given = [a.strip() for a in answers.split(",") if a.strip()] if answers else []
+    # --answers is a script; --situation alone still asks what it could not infer, unless nobody is there to ask.
+    scripted = answers is not None or (situation is not None and not sys.stdin.isatty())
+    while True:
+        out = step(advisor, retriever, given, language, situation)
+        if out.get("inferred") and not scripted:
+            for i in out["inferred"]:
+                q = next(s["question"] for s in out["path"] if s["id"] == i["id"])
+                click.echo(f"inferred: {q} -> {i['answer']} (from {i['from']!r})")
+            if click.confirm("Use these inferred answers?", default=True):
+                given = [s["answer"] for s in out["path"]]
+            situation = None
+            continue
+        _echo_advice(out)
+        if out["done"] or scripted:
+            return
+        reply = click.prompt(f"{out['question']['text']} [yes/no/back]", type=click.Choice(
+            ["yes", "no", "да", "нет", "y", "n", "back"], case_sensitive=False), show_choices=False)
+        given = given[:-1] if reply.lower() == "back" else given + [reply]
+
+
+def _echo_advice(out: dict) -> None:
+    for s in out["path"]:
+        mark = f"  (inferred from {s['inferred_from']!r})" if s.get("inferred_from") else ""
+        click.echo(f"  {s['question']} -> {s['said']}{mark}")
+    if not out["done"]:
+        click.echo(f"next question: {out['question']['text']}")
+        return
+    click.echo(f"\n{out['leaf']['text']}\n")
+    click.echo(out["answer"])
+    click.echo("\nSources:")
+    for src in out["sources"]:
+        where = f" > {src['section'].split(' > ')[-1]}" if src["section"] else ""
+        click.echo(f"[{src['index']}] {src['title']}{where} ({src['doc_id']})")
+
+
+@cli.command()
+@click.option("--model", "preset", default=None, help="Preset: 7b, 13b, 33b, 65b, 70b (LLaMA-style) or gpt3-175b.")
+@click.option("--layers", type=int, default=None, help="Instead of --model: number of layers ...")
+@click.option("--hidden", type=int, default=None, help="... hidden size ...")
+@click.option("--vocab", type=int, default=None, help="... and vocabulary size (MLP 4 x hidden unless --ffn).")
+@click.option("--ffn", type=int, default=None, help="MLP width (with --layers).")
+@click.option("--method", type=click.Choice(["full", "lora", "qlora", "inference"]), default="qlora", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8", "nf4"]), default="bf16", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--seq-len", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--lora-rank", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--lora-modules", default=None, help="Comma-separated of q,k,v,o,gate,up,down (default: all).")
+@click.option("--published", is_flag=True, help="Print the calculator beside the papers' published figures.")
+@pass_settings
+@friendly
+def memory(settings: Settings, preset, layers, hidden, vocab, ffn, method, precision, batch_size, seq_len, lora_rank,
+           lora_modules, published) -> None:
+    """GPU memory for training or serving: weights, gradients, optimizer state, adapter, activations, with formulas."""
+    from serve.memory import compare_published, estimate, model_from
+
+    if published:
+        for row in compare_published():
+            click.echo(f"{row['what']}: published {row['published_gb']:g} GB, ours {row['ours_gb']:g} GB "
+                       f"(x{row['ratio']}) - {row['claim']}")
+        return
+    model = model_from(preset, layers=layers, hidden=hidden, vocab=vocab, ffn=ffn)
+    modules = [m.strip() for m in lora_modules.split(",") if m.strip()] if lora_modules else None
+    click.echo(estimate(model, method, precision, batch_size, seq_len, lora_rank, modules).text())
+
+
+@cli.command()
+@click.option("--file", "path", type=click.Path(path_type=Path, dir_okay=False), default=Path("evals/situations.jsonl"),
+              show_default=True, help="Labelled situations (JSONL).")
+@click.option("--model", "with_model", is_flag=True, help="Also ask the configured LLM about the questions the rules leave open.")
+@pass_settings
+@friendly
+def situations(settings: Settings, path: Path, with_model: bool) -> None:
+    """Accuracy of pre-filling the advisor's answers from a described situation: rules alone, or rules + model."""
+    import json
+
+    from evals.situations import load_situations, score
+    from ingest import ingest as run_ingest
+    from serve.advisor import Advisor
+    from serve.situation import infer, infer_with_model
+
+    run_ingest(settings, progress=False)
+    advisor = Advisor.load(settings)
+    rows = load_situations(settings.path(path))
+    report = {"rules": score(rows, lambda text, lang: infer(advisor, text))}
+    if with_model:
+        from serve.engines import create_engine
+
+        engine = create_engine(settings)
+        try:
+            report["rules+model"] = score(rows, lambda text, lang: infer_with_model(advisor, text, engine, lang))
+        finally:
+            engine.close()
+    for how, by_lang in report.items():
+        for lang, r in by_lang.items():
+            click.echo(f"{how:12} {lang}: accuracy {r['accuracy']:.3f} ({r['right']}/{r['labelled']} labelled answers), "
+                       f"precision {r['precision']:.3f} ({r['right']}/{r['inferred']} inferred), {r['situations']} situations")
+    out = settings.path(settings.evals.reports_dir) / "situations.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    click.echo(f"written {out}")
+
+
 def main() -> None:
     cli(prog_name="ftatlas")
 

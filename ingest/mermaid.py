@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
 # Node shapes, longest delimiters first: [[..]], [(..)], ((..)), {{..}}, [..], (..), {..}, >..]
 _SHAPE = r"""(?:\[\[(?P<a>.*?)\]\]|\[\((?P<b>.*?)\)\]|\(\((?P<c>.*?)\)\)|\{\{(?P<d>.*?)\}\}|\[(?P<e>.*?)\]|\((?P<f>.*?)\)|\{(?P<g>.*?)\}|>(?P<h>.*?)\])"""
@@ -38,7 +39,7 @@ def _clean(label: str) -> str:
     return re.sub(r"[ \t]+", " ", label).strip()
 
 
-def _render(label: str, decision: bool) -> str:
+def render(label: str, decision: bool) -> str:
     """A node as prose: a decision reads as one question, a box as 'title (detail)'.
 
     Example: ('Есть мощная GPU<br>и достаточно данных?', True) -> 'Есть мощная GPU и достаточно данных?';
@@ -53,35 +54,35 @@ def _render(label: str, decision: bool) -> str:
     return f"{parts[0]} {detail}" if detail.startswith("(") and detail.endswith(")") else f"{parts[0]} ({detail})"
 
 
-def render_edges(source: str) -> list[str]:
-    """Sentences for a Mermaid flowchart's edges, then its groups (see `render_groups`).
+@dataclass
+class Flowchart:
+    """A parsed Mermaid flowchart: node labels (and whether each is a {decision}), labelled edges, subgraphs."""
 
-    Example: 'B{Есть GPU?} -- Да --> C[Full Fine-Tuning<br/>все веса]'
-      -> ['Есть GPU? — Да → Full Fine-Tuning (все веса)']
+    labels: dict[str, tuple[str, bool]] = field(default_factory=dict)  # id -> (clean label, is a decision)
+    edges: list[tuple[str, str, str]] = field(default_factory=list)  # (from, label, to), label '' when none
+    groups: list[tuple[str, list[str]]] = field(default_factory=list)  # (title, member ids)
+    lines: dict[str, int] = field(default_factory=dict)  # id -> 1-based line of the chart where it first appears
+
+    def text(self, nid: str) -> str:
+        """A node as prose (see `render`); its id when it has no label."""
+        label, decision = self.labels.get(nid, (nid, False))
+        return render(label, decision) or nid
+
+
+def parse_flowchart(source: str) -> Flowchart:
+    """Nodes, edges and subgraphs of a Mermaid flowchart (fences and directives are skipped).
+
+    Example: 'B{GPU?} -- Да --> C[Full FT]' -> labels {'B': ('GPU?', True), 'C': ('Full FT', False)},
+      edges [('B', 'Да', 'C')]
     """
-    edges, groups = _render_all(source)
-    return edges + groups
-
-
-def render_groups(source: str) -> list[str]:
-    """One line per group: each subgraph with its members, and each node branching (unlabelled) into three or more.
-
-    Example: 'graph TD\nC[PEFT] --> D1[LoRA]\nC --> D2[Adapters]\nC --> D3[BitFit]' -> ['PEFT: LoRA, Adapters, BitFit.'].
-    """
-    return _render_all(source)[1]
-
-
-def _render_all(source: str) -> tuple[list[str], list[str]]:
-    labels: dict[str, tuple[str, bool]] = {}
-    edges: list[tuple[str, str, str]] = []
-    groups: list[tuple[str, list[str]]] = []
-    for raw in source.splitlines():
+    chart = Flowchart()
+    for number, raw in enumerate(source.splitlines(), 1):
         line = raw.strip().rstrip(";")
-        if not line or line.startswith(("%%", "graph", "flowchart", "classDef", "class ", "style ", "linkStyle", "click ")):
+        if not line or line.startswith(("%%", "```", "graph", "flowchart", "classDef", "class ", "style ", "linkStyle", "click ")):
             continue
         m = re.match(r"subgraph\s+(\w+)(?:\s*\[\s*\"?(.*?)\"?\s*\])?", line)
         if m:
-            groups.append((_title(m.group(1), m.group(2)), []))
+            chart.groups.append((_title(m.group(1), m.group(2)), []))
             continue
         if line == "end":
             continue
@@ -91,7 +92,8 @@ def _render_all(source: str) -> tuple[list[str], list[str]]:
             nid = node.group("id")
             shape = next((node.group(k) for k in "abcdefgh" if node.group(k) is not None), None)
             if shape is not None:
-                labels[nid] = (_clean(shape), node.group("g") is not None or node.group("d") is not None)
+                chart.labels[nid] = (_clean(shape), node.group("g") is not None or node.group("d") is not None)
+            chart.lines.setdefault(nid, number)
             chain.append(nid)
             pos = node.end()
             arrow = _ARROW.match(line, pos)
@@ -101,20 +103,37 @@ def _render_all(source: str) -> tuple[list[str], list[str]]:
             chain.append(_clean(text))
             pos = arrow.end()
             node = _NODE.match(line, pos)
-        if groups and len(chain) == 1:
-            groups[-1][1].append(chain[0])
+        if chart.groups and len(chain) == 1:
+            chart.groups[-1][1].append(chain[0])
         for i in range(0, len(chain) - 2, 2):
-            edges.append((chain[i], chain[i + 1], chain[i + 2]))
+            chart.edges.append((chain[i], chain[i + 1], chain[i + 2]))
+    return chart
 
-    def name(nid: str) -> str:
-        label, decision = labels.get(nid, (nid, False))
-        return _render(label, decision) or nid
 
-    lines = [f"{name(a)} — {text} → {name(b)}" if text else f"{name(a)} → {name(b)}" for a, text, b in edges]
-    out = [f"{title}: " + ", ".join(name(m) for m in members) + "." for title, members in groups if members]
+def render_edges(source: str) -> list[str]:
+    """Sentences for a Mermaid flowchart's edges, then its groups (see `render_groups`).
+
+    Example: 'B{Есть GPU?} -- Да --> C[Full Fine-Tuning<br/>все веса]'
+      -> ['Есть GPU? — Да → Full Fine-Tuning (все веса)']
+    """
+    chart = parse_flowchart(source)
+    lines = [f"{chart.text(a)} — {t} → {chart.text(b)}" if t else f"{chart.text(a)} → {chart.text(b)}" for a, t, b in chart.edges]
+    return lines + _groups(chart)
+
+
+def render_groups(source: str) -> list[str]:
+    """One line per group: each subgraph with its members, and each node branching (unlabelled) into three or more.
+
+    Example: 'graph TD\nC[PEFT] --> D1[LoRA]\nC --> D2[Adapters]\nC --> D3[BitFit]' -> ['PEFT: LoRA, Adapters, BitFit.'].
+    """
+    return _groups(parse_flowchart(source))
+
+
+def _groups(chart: Flowchart) -> list[str]:
+    out = [f"{title}: " + ", ".join(chart.text(m) for m in members) + "." for title, members in chart.groups if members]
     children: dict[str, list[str]] = {}
-    for a, text, b in edges:
+    for a, text, b in chart.edges:
         if not text:
             children.setdefault(a, []).append(b)
-    out += [f"{name(a)}: " + ", ".join(name(k) for k in kids) + "." for a, kids in children.items() if len(kids) >= 3]
-    return lines, out
+    return out + [f"{chart.text(a)}: " + ", ".join(chart.text(k) for k in kids) + "." for a, kids in children.items()
+                  if len(kids) >= 3]

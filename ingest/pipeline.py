@@ -206,8 +206,11 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
             summary.failed.append((str(s.path), f"cannot be read: {e.strerror or e}"))
     if paths:
         state.user_paths = [p for p in state.user_paths if Path(p).exists()]
+    # The decision chart is re-read on every manifest run (it is cheap); a malformed one is named, ingest goes on.
+    chart_failed = [] if paths else decision_charts(settings, [s for s in ok_sources if s.kind != "user"])
 
     if not paths and _fast_path(state, skey, fps, summary.failed, kw, settings):
+        summary.failed += chart_failed
         summary.skipped = sorted(fps)
         summary.chunks = sum(d["chunks"] for d in state.documents.values())
         summary.seconds = time.perf_counter() - t0
@@ -274,6 +277,7 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
         state.user_paths = [p for p in state.user_paths if p in remembered or p not in bad]
 
     summary.keyword_rebuilt = sync_keyword_index(settings, store, kw, glossary)
+    summary.failed += chart_failed
     # Ours: the manifest's documents and the user files this installation added; on a shared server other
     # installations' user documents are neither listed as ours nor ever pruned by us.
     known = set(state.documents) | {src.key for src in sources}
@@ -292,6 +296,25 @@ def _manifest_or_empty(settings) -> list[Source]:
         return manifest_sources(settings)
     except IngestError:  # adding one's own files does not need a readable manifest
         return []
+
+
+def decision_charts(settings, sources: list[Source]) -> list[tuple[str, str]]:
+    """Save the corpus's decision chart for the advisor (see decision.py); returns the charts' failures."""
+    from .decision import write_map
+    from .sources import read_manifest
+
+    families: dict[str, list[str]] = {}
+    for d in read_manifest(settings):
+        if d.get("family"):
+            families.setdefault(str(d["family"]), []).append(str(d["id"]))
+    docs = []
+    for s in sources:
+        if s.path.suffix.lower() in (".md", ".markdown"):
+            try:
+                docs.append((s.doc_id, s.path, load_file(s.path).text))
+            except DocumentError:
+                continue  # named by the chunking step
+    return write_map(settings, docs, families)
 
 
 def sync_keyword_index(settings, store, kw: KeywordIndex | None = None, glossary: Glossary | None = None) -> bool:

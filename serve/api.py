@@ -251,6 +251,10 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
         return {"deleted": keys}
 
     add_login(app, settings)
+    from .advice_api import router as advice_router
+
+    app.include_router(advice_router(get_rag), dependencies=auth)  # the advisor and the memory calculator
+
     if ui:
         from .ui import mount_ui
 

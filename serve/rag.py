@@ -13,6 +13,7 @@ from .answer import grounded_answer
 from .engines import Engine, GenerationParams, Readiness, create_engine, languages_written
 from .errors import BadRequest, ClientGone, ContextOverflow, EngineUnavailable, UnknownModel
 from .grounding import Grounder, reading
+from .memory_chat import calculator_passages
 from .models import LORA, ModelSpec, adapter_specs, configured
 from .prompt import NO_ANSWER, build_messages, trim_to_tokens
 from .queue import EngineQueue
@@ -157,6 +158,7 @@ class RagEngine:
         query = self.retrieval_query(messages)
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
+        passages = calculator_passages(question) + passages  # a memory question cites the calculator's result
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         t0 = time.perf_counter()
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))

@@ -143,6 +143,9 @@ def mount_ui(app, state):
                 # the API) admits up to max_active + max_queue and shows each its position, so Gradio lets them through.
                 trigger(respond, [box, chat, mode, top_k, temperature], [chat, box, panel],
                         concurrency_limit=settings.serve.max_active + settings.serve.max_queue)
+        from .advice_ui import advisor_tab
+
+        advisor_tab(gr, state, ui)
         with gr.Tab("Documents"):
             table = gr.Dataframe(headers=["id", "kind", "chunks", "title"], interactive=False, elem_id="documents")
             with gr.Row():

@@ -73,3 +73,31 @@ def test_documents_and_atlas_tabs(page):
     labels = " ".join(t or "" for t in page.locator("#atlas svg:has(.node)").all_text_contents())
     assert "Gradio / Streamlit" in labels and "vLLM / TGI" in labels  # the tools diagram, as rendered
     page.screenshot(path=str(ARTIFACTS / "ui-atlas.png"), full_page=True)
+
+
+def test_choose_a_method_walks_one_path_to_a_method(page):
+    page.get_by_role("tab", name="Choose a method").click()
+    question = page.locator("#advisor-question")
+    question.get_by_text("Do you have powerful GPUs and enough data?").wait_for(timeout=30_000)
+    page.locator("#advisor-no").click()
+    question.get_by_text("Do you want to fine-tune only part of the model?").wait_for(timeout=30_000)
+    page.locator("#advisor-yes").click()
+    question.get_by_text("Partial Fine-Tuning").wait_for(timeout=60_000)
+    page.locator("#advisor-back").click()  # change the last answer
+    question.get_by_text("Do you want to fine-tune only part of the model?").wait_for(timeout=30_000)
+    page.locator("#advisor-no").click()
+    question.get_by_text("limited resources").wait_for(timeout=30_000)
+    page.locator("#advisor-yes").click()
+    result = page.locator("#advisor-result")
+    result.get_by_text("PEFT approaches (LoRA, QLoRA, Adapters, Prefix)").first.wait_for(timeout=60_000)
+    path = page.locator("#advisor-path").inner_text()
+    assert path.count("No") == 2 and "Yes" in path
+    assert "Partial Fine-Tuning (train the top layers / the classifier): you answered no" in result.inner_text()
+    assert "[1]" in result.inner_text() and page.locator("#advisor-sources .source").count() >= 5
+    lit = page.locator("#advisor-chart svg [style*='ffe08a']")
+    lit.first.wait_for(timeout=30_000)
+    assert lit.count() >= 5, "the start, three questions and the leaf are highlighted in the rendered chart"
+    page.get_by_role("button", name="GPU memory calculator").click()
+    page.locator("#memory-estimate").click()
+    page.locator("#memory-result").get_by_text("GB for qlora of 7b").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "ui-advisor.png"), full_page=True)
