@@ -40,12 +40,16 @@ class RetrievalSettings(BaseModel):
 
 class LLMSettings(BaseModel):
     engine: Literal["llamacpp", "openai", "vllm", "transformers"] = Field("llamacpp", description="Which LLM engine answers.")
-    model: str = Field("bundled", description="GGUF path for llamacpp ('bundled' = SmolLM2-135M-Instruct Q4_1), model name/path for others.")
+    model: str = Field("bundled", description="A base name (smollm2 = 'bundled', gemma3) or a GGUF path for llamacpp, model name/path for others.")
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (…/v1) for the openai engine.")
     api_key: str = Field("not-needed", description="API key for the openai engine.")
     n_ctx: int = Field(8192, description="Context window in tokens (llama.cpp's own default of 512 is far too small).")
     n_threads: int | None = Field(None, description="CPU threads for llama.cpp; None lets it choose.")
-    adapter: Path | None = Field(None, description="LoRA adapter folder (peft layout) served as atlas-rag-lora.")
+    adapter: Path | None = Field(None, description="The default LoRA adapter folder (peft layout), served as "
+                                 "atlas-rag-lora: the same as llm.adapters[<the base of llm.model>].")
+    adapters: dict[str, Path] = Field(default_factory=dict, description="Base name (smollm2, gemma3; see "
+                                      "serve/bases.py) -> LoRA adapter folder. The entry for llm.model's base is "
+                                      "atlas-rag-lora, every other one atlas-rag-lora-<base>.")
     max_tokens: int = Field(200, description="Default answer length in tokens.")
     temperature: float = Field(0.0, description="Default sampling temperature (0 = greedy).")
     top_p: float = Field(0.9, description="Default nucleus sampling threshold.")
@@ -76,7 +80,11 @@ class ServeSettings(BaseModel):
 
 
 class FinetuneSettings(BaseModel):
-    base_model: str = Field("bundled", description="HF folder or id to train on; 'bundled' de-quantizes the bundled GGUF once.")
+    base_model: str = Field("bundled", description="A base name (smollm2 = 'bundled', gemma3: its shipped GGUF is "
+                            "de-quantized once), or an HF folder or id to train on.")
+    answer_only_logits: bool = Field(True, description="Run the LM head only where the loss reads (the answer): the "
+                                     "same loss, far less compute for large vocabularies.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length together (less padding).")
     train_questions: Path = Field(Path("corpus/qa/train.jsonl"), description="Curated training questions.")
     runs_dir: Path = Field(Path("runs"), description="Where training runs are written.")
     oracle_drop_fraction: float = Field(0.2, description="RAFT P: share of examples whose oracle passage is left out.")
