@@ -153,7 +153,7 @@ def make_trainer(settings, data: Path, output_dir: Path, base: Base, *, max_step
         activation_checkpointing=plan["cuda"], seed=ft.seed, data_seed=ft.seed,
         report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
         # Validation needs the loss only; gathering logits would also undo the answer-only saving.
-        prediction_loss_only=True, group_by_length=ft.group_by_length,
+        prediction_loss_only=True, train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
     )
     lora = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                       target_modules=list(ft.target_modules), bias="none", task_type="CAUSAL_LM")

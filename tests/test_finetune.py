@@ -721,3 +721,36 @@ def test_gemma_base_uses_the_gemma_chat_format(gemma_base):
     assert text == "<bos><start_of_turn>user\nS.\n\nQ?<end_of_turn>\n<start_of_turn>model\nA.<end_of_turn>\n"
     assert len(tok("<start_of_turn>", add_special_tokens=False)["input_ids"]) == 1  # a real turn token, not pieces
     assert gemma_base.id == "google/gemma-3-270m" and gemma_base.name == "gemma3" and gemma_base.gguf.is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_base(tmp_path_factory):
+    """A 2-layer Gemma 3 built from a config, with the shipped Gemma tokenizer and chat format, as an HF folder."""
+    from finetune.base import gguf_tokenizer
+    from serve.bases import GEMMA_TEMPLATE
+
+    tok = gguf_tokenizer(gemma_gguf(), GEMMA_TEMPLATE)
+    folder = tmp_path_factory.mktemp("tiny-gemma")
+    tiny_gemma(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+               eos_token_id=tok.eos_token_id).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_tiny_gemma_trains_on_the_answer_in_its_own_chat_format(ft_settings, built, tiny_gemma_base, tmp_path):
+    settings = with_finetune(ft_settings, base_model=str(tiny_gemma_base), max_steps=2)
+    trainer = make_trainer(settings, built[0], tmp_path, resolve_base(settings), progress=False)
+    tok = trainer.processing_class
+    targets = {r["messages"][-1]["content"] for r in read_split(built[0], TRAIN)}
+    system = read_split(built[0], TRAIN)[0]["messages"][0]["content"][:40]
+    for ex in list(trainer.train_dataset)[:4]:  # the loss reads the target and the turn's end, nothing else
+        answer = tok.decode([t for t in ex["labels"] if t != -100])
+        assert answer.endswith("<end_of_turn>\n") and answer.removesuffix("<end_of_turn>\n") in targets
+        assert tok.decode(ex["input_ids"]).startswith("<bos><start_of_turn>user\n" + system)
+
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
