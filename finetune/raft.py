@@ -56,7 +56,8 @@ def cite(answer: str, n: int) -> str:
 
 
 def pick_quotes(answer: str, text: str) -> list[str]:
-    """The passage sentences that carry the answer, verbatim and in passage order, best first chosen greedily.
+    """The passage sentences that carry the answer (chosen greedily by the answer tokens each adds), verbatim, in
+    passage order.
 
     Example: ('Rank 8 works.', 'LoRA is cheap. A rank of 8 works well. It ends.') -> ['A rank of 8 works well.'].
     """
@@ -80,8 +81,8 @@ def pick_quotes(answer: str, text: str) -> list[str]:
 def target(kind: str, answer: str, lang: str, n: int | None, quotes: list[str]) -> str:
     """The assistant turn in the RAFT answer format (serve.evidence): quotes of passage n, then the short answer.
 
-    Oracle examples quote and cite the oracle; no-oracle examples still answer (RAFT's P: the model learns the
-    answer without its passage), with nothing to quote or cite; only unanswerable questions refuse.
+    Oracle examples quote and cite the oracle; no-oracle examples (RAFT's 1-P share) still answer, as in the paper,
+    with nothing to quote or cite; only unanswerable questions refuse.
     Example: ('oracle', 'BitFit trains biases.', 'en', 2, ['Only biases train.']) ->
     '##begin_quote## Only biases train. ##end_quote## [2]\n<ANSWER>: BitFit trains biases [2].'.
     """

@@ -278,6 +278,7 @@ def test_only_unanswerable_questions_are_trained_to_refuse_and_the_card_says_how
     assert saved["refusal_share"] == card.refusal_share == pytest.approx(len(refusals) / len(rows), abs=1e-4)
     assert saved["quoted_share"] == pytest.approx(card.kinds["oracle"] / len(rows), abs=1e-4)
     assert f"{card.refusal_share:.1%} refuse" in card.text()
+    assert saved["target_tokens"]["max"] >= saved["target_tokens"]["p95"] >= saved["target_tokens"]["mean"] > 5
 
 
 def test_quotes_are_the_passage_sentences_that_carry_the_answer():
