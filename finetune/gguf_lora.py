@@ -1,4 +1,4 @@
-"""peft LoRA adapter -> GGUF LoRA adapter for llama.cpp, in the layout llama.cpp's convert_lora_to_gguf.py writes."""
+"""peft LoRA adapter -> GGUF LoRA adapter for llama.cpp (LLaMA and Gemma 3 bases), as convert_lora_to_gguf.py writes it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from .adapter import CONFIG, GGUF, WEIGHTS, validate_adapter
 from .errors import AdapterError
 
 PREFIX = "base_model.model."
+ARCHES = {"llama": "LLAMA", "gemma3": "GEMMA3"}  # GGUF architecture -> gguf.MODEL_ARCH member
+# convert_hf_to_gguf reorders q/k rows for LLaMA's interleaved rope; Gemma's rope (NEOX) keeps the HF row order.
+ROPE_PERMUTED = {"llama"}
 
 
 def permute(w: np.ndarray, n_head: int, n_head_kv: int | None = None) -> np.ndarray:
@@ -43,11 +46,11 @@ def convert(adapter_dir: Path | str, base_gguf: Path | str, out: Path | str | No
     reader = gguf.GGUFReader(base_gguf)
     fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
     arch = fields["general.architecture"]
-    if arch != "llama":
-        raise AdapterError(f"{base_gguf}: GGUF LoRA conversion supports llama-architecture bases, not {arch!r}")
-    n_head, n_kv = fields["llama.attention.head_count"], fields.get("llama.attention.head_count_kv")
+    if arch not in ARCHES:
+        raise AdapterError(f"{base_gguf}: GGUF LoRA conversion supports {' and '.join(ARCHES)} bases, not {arch!r}")
+    n_head, n_kv = fields[f"{arch}.attention.head_count"], fields.get(f"{arch}.attention.head_count_kv")
     base_ne = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, fields["llama.block_count"])
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, ARCHES[arch]), fields[f"{arch}.block_count"])
 
     weights = load_file(str(adapter_dir / WEIGHTS))
     alpha = float(cfg["lora_alpha"])
@@ -68,7 +71,8 @@ def _write(writer, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_di
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     for module in sorted({k.rsplit(".lora_", 1)[0] for k in weights}):
-        hf = module.removeprefix(PREFIX) + ".weight"
+        # A multimodal Gemma 3 wrapper nests the text model as language_model; the GGUF holds the text model only.
+        hf = module.removeprefix(PREFIX).replace("language_model.", "") + ".weight"
         name = names.get_name(hf, try_suffixes=(".weight",))
         if name is None or name not in base_ne:
             raise AdapterError(f"{adapter_dir}: {module} has no counterpart in {base_gguf.name}")
@@ -76,9 +80,9 @@ def _write(writer, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_di
         b = weights[f"{module}.lora_B.weight"].astype(np.float32)
         b = b * (_peft_scale(cfg, module, a.shape[0]) / (alpha / a.shape[0]))  # 1.0 unless rslora or per-module patterns
         leaf = module.rsplit(".", 1)[-1]
-        if leaf == "q_proj":
+        if arch in ROPE_PERMUTED and leaf == "q_proj":
             b = permute(b, n_head, n_head)
-        elif leaf == "k_proj":
+        elif arch in ROPE_PERMUTED and leaf == "k_proj":
             b = permute(b, n_head, n_kv)
         # GGUF stores numpy shapes reversed: lora_a [r, in] -> ne [in, r], lora_b [out, r] -> ne [r, out].
         ne_in, ne_out = base_ne[name][0], base_ne[name][1]

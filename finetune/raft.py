@@ -6,8 +6,9 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from serve.evidence import format_answer, quote_holds
 from serve.grounding import reading
-from serve.prompt import NO_ANSWER, build_messages
+from serve.prompt import NO_ANSWER, build_messages, split_sentences
 from serve.rag import retrieval_query
 from serve.retrieval import Passage, RetrievalOptions
 
@@ -17,6 +18,8 @@ from .questions import Question
 ORACLE_CANDIDATES = 8
 MIN_TRIMMED_OVERLAP = 0.8  # share of the oracle's answer overlap that must survive trimming
 EXTRA_CANDIDATES = 12  # retrieved beyond what is needed, since hits from the question's own docs are skipped
+MAX_QUOTES = 2  # RAFT quotes the sentence(s) that carry the answer, not the passage
+MIN_QUOTE_GAIN = 0.2  # a second sentence is quoted only if it adds this share of the answer's tokens
 
 
 @dataclass
@@ -51,6 +54,44 @@ def cite(answer: str, n: int) -> str:
     answer = answer.strip()
     m = re.search(r"[.!?…]+$", answer)
     return f"{answer[: m.start()]} [{n}]{m.group(0)}" if m else f"{answer} [{n}]"
+
+
+def pick_quotes(answer: str, text: str) -> list[str]:
+    """The passage sentences that carry the answer (chosen greedily by the answer tokens each adds), verbatim, in
+    passage order.
+
+    Example: ('Rank 8 works.', 'LoRA is cheap. A rank of 8 works well. It ends.') -> ['A rank of 8 works well.'].
+    """
+    want = {t for t in tokens(answer) if len(t) > 2 or t.isdigit()}
+    # split_sentences strips Markdown; only sentences that still stand verbatim in the passage can be quoted.
+    pool = [s for s in dict.fromkeys(split_sentences(text)) if quote_holds(s, text)]
+    chosen: list[str] = []
+    covered: set[str] = set()
+    while pool and len(chosen) < MAX_QUOTES and want:
+        best = max(pool, key=lambda s: (len((want - covered) & tokens(s)), -pool.index(s)))
+        gain = len((want - covered) & tokens(best)) / len(want)
+        if gain == 0 or (chosen and gain < MIN_QUOTE_GAIN):
+            break
+        chosen.append(best)
+        covered |= want & tokens(best)
+        pool.remove(best)
+    order = split_sentences(text)
+    return sorted(chosen, key=order.index)
+
+
+def target(kind: str, answer: str, lang: str, n: int | None, quotes: list[str]) -> str:
+    """The assistant turn in the RAFT answer format (serve.evidence): quotes of passage n, then the short answer.
+
+    Oracle examples quote and cite the oracle; no-oracle examples (RAFT's 1-P share) still answer, as in the paper,
+    with nothing to quote or cite; only unanswerable questions refuse.
+    Example: ('oracle', 'BitFit trains biases.', 'en', 2, ['Only biases train.']) ->
+    '##begin_quote## Only biases train. ##end_quote## [2]\n<ANSWER>: BitFit trains biases [2].'.
+    """
+    if kind == "unanswerable":
+        return format_answer([], NO_ANSWER[lang])
+    if kind == "no-oracle":
+        return format_answer([], answer)
+    return format_answer([(n, q) for q in quotes], cite(answer, n))
 
 
 def pick_oracle(answer: str, passages: list[Passage]) -> tuple[Passage | None, float]:
@@ -112,6 +153,8 @@ class RaftBuilder:
             kept = answer_overlap(q.answer, f"{oracle.title} {oracle.section} {oracle.text}")
             if kept < MIN_TRIMMED_OVERLAP * overlap:
                 return None, "trimming cut the answer out of the oracle passage"
+            if not pick_quotes(q.answer, oracle.text):
+                return None, "no verbatim oracle sentence carries the answer"
         while True:
             ex = self._example(q, lang, kind, order, oracle if kind == "oracle" else None, overlap)
             if ex.tokens <= self.max_seq_len:
@@ -126,8 +169,8 @@ class RaftBuilder:
                  overlap: float | None) -> Example:
         messages = build_messages(q.question, order, lang, q.history)  # a follow-up carries its earlier turns
         n = order.index(oracle) + 1 if oracle is not None else None
-        target = cite(q.answer, n) if n else NO_ANSWER[lang]
-        messages.append({"role": "assistant", "content": target})
+        quotes = pick_quotes(q.answer, oracle.text) if oracle is not None else []
+        messages.append({"role": "assistant", "content": target(kind, q.answer, lang, n, quotes)})
         return Example(
             id=q.id, question=q.question, language=lang, kind=kind, messages=messages, oracle=n,
             passages=[{"id": p.id, "doc_id": p.doc_id} for p in order], doc_ids=list(q.doc_ids), source=q.source,

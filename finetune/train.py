@@ -102,12 +102,15 @@ def load_model(base: Base, plan: dict):
 
 
 def make_trainer(settings, data: Path, output_dir: Path, base: Base, *, max_steps: int | None = None,
-                 callbacks: list | None = None, progress: bool = True, echo: Callable[[str], None] = print):
+                 callbacks: list | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+                 evaluate: bool = True):
     """The SFTTrainer for one run: LoRA from settings, loss on the assistant answer only, seeds fixed."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from .answer_loss import AnswerOnlyTrainer
 
     ft = settings.finetune
     plan = device_plan(settings)
@@ -133,7 +136,7 @@ def make_trainer(settings, data: Path, output_dir: Path, base: Base, *, max_step
         raise FinetuneError(f"{data / TRAIN} has no examples in {ft.train_languages} that fit "
                             f"max_seq_len={ft.max_seq_len}")
     val_path = Path(data) / VALIDATION
-    val_rows = fitting(chosen(read_split(data, VALIDATION)), "validation") if val_path.is_file() else []
+    val_rows = fitting(chosen(read_split(data, VALIDATION)), "validation") if evaluate and val_path.is_file() else []
     train_ds = Dataset.from_list([to_prompt_completion(r) for r in train_rows])
     val_ds = Dataset.from_list([to_prompt_completion(r) for r in val_rows]) if val_rows else None
 
@@ -149,11 +152,14 @@ def make_trainer(settings, data: Path, output_dir: Path, base: Base, *, max_step
         # Checkpointing activations pays off in GPU memory; on CPU it only costs time.
         activation_checkpointing=plan["cuda"], seed=ft.seed, data_seed=ft.seed,
         report_to="none", disable_tqdm=not progress, dataloader_num_workers=0,
+        # Validation needs the loss only; gathering logits would also undo the answer-only saving.
+        prediction_loss_only=True, train_sampling_strategy="group_by_length" if ft.group_by_length else "random",
     )
     lora = LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                       target_modules=list(ft.target_modules), bias="none", task_type="CAUSAL_LM")
-    return SFTTrainer(model=load_model(base, plan), args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                      processing_class=tokenizer, peft_config=lora, callbacks=callbacks or [])
+    trainer_class = AnswerOnlyTrainer if ft.answer_only_logits else SFTTrainer
+    return trainer_class(model=load_model(base, plan), args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                         processing_class=tokenizer, peft_config=lora, callbacks=callbacks or [])
 
 
 def latest_run(runs: Path) -> str | None:
@@ -181,9 +187,10 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
         run_id = latest_run(runs)
         if run_id is None:
             raise FinetuneError(f"--resume: no run with checkpoints under {runs}")
-    run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_id == "latest" or not re.fullmatch(r"[\w.-]+", run_id):
-        raise FinetuneError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (and not 'latest')")
+    if run_id is not None and (run_id.startswith("latest") or not re.fullmatch(r"[\w.-]+", run_id)):
+        raise FinetuneError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (and not 'latest…')")
+    base = resolve_base(settings, base_model)
+    run_id = run_id or datetime.now().strftime("%Y%m%d-%H%M%S") + (f"-{base.name}" if base.name else "")
     run_dir = runs / run_id
     checkpoint = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
     if resume and checkpoint is None:
@@ -195,7 +202,6 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     if resume and record.is_file() and json.loads(record.read_text()).get("data_hash") not in (None, digest):
         raise FinetuneError(f"the training data in {data} changed since run {run_id} started; start a new run")
 
-    base = resolve_base(settings, base_model)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
     info = {"run_id": run_id, "base_model": base.id, "base_path": base.path, "base_sha256": base.sha256,
@@ -236,16 +242,19 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     record.write_text(json.dumps({**info, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
                                   "finished": datetime.now().isoformat(timespec="seconds"),
                                   "versions": _versions()}, indent=2))
-    _point_latest(runs, run_id)
+    _point_latest(runs, run_id, "latest")
+    if base.name:
+        _point_latest(runs, run_id, f"latest-{base.name}")
     return result
 
 
-def _point_latest(runs: Path, run_id: str) -> None:
-    """runs/latest -> the run just finished, so llm.adapter can name runs/latest/adapter."""
-    tmp = runs / ".latest.tmp"
+def _point_latest(runs: Path, run_id: str, link: str) -> None:
+    """runs/<link> -> the run just finished: runs/latest (any base) and runs/latest-<base>, so llm.adapter and
+    llm.adapters.<base> can name runs/latest-<base>/adapter."""
+    tmp = runs / f".{link}.tmp"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_id, target_is_directory=True)
-    tmp.replace(runs / "latest")  # rename over the old link: readers never see it missing
+    tmp.replace(runs / link)  # rename over the old link: readers never see it missing
 
 
 def _versions() -> dict:

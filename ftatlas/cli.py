@@ -180,7 +180,7 @@ def finetune_data(settings: Settings, out, generator_endpoint, generator_model, 
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Optimizer steps (default: finetune.max_steps).")
 @click.option("--run-id", default=None, help="runs/<run-id>/ (default: a timestamp).")
 @click.option("--resume", is_flag=True, help="Continue the last checkpoint of --run-id, or of the latest run.")
-@click.option("--base", "base_model", default=None, help="HF folder or id (default: finetune.base_model).")
+@click.option("--base", "base_model", default=None, help="smollm2 (= bundled), gemma3, or an HF folder or id (default: finetune.base_model).")
 @click.option("--languages", default=None, help="Comma-separated question languages to train on (default: finetune.train_languages).")
 @click.option("--quiet", is_flag=True)
 @pass_settings
@@ -198,16 +198,16 @@ def finetune_train(settings: Settings, data, max_minutes, max_steps, run_id, res
 
 @finetune.command("gguf")
 @click.argument("adapter", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--base-gguf", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: the bundled SmolLM2 GGUF.")
+@click.option("--base-gguf", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: the shipped GGUF of the base the adapter was trained on (smollm2 or gemma3).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Default: ADAPTER/lora.gguf.")
 @pass_settings
 @friendly
 def finetune_gguf(settings: Settings, adapter, base_gguf, out) -> None:
     """Convert a peft LoRA adapter folder into a llama.cpp GGUF LoRA."""
     from finetune import convert_to_gguf
-    from finetune.base import bundled_gguf
+    from finetune.base import adapter_base_gguf
 
-    click.echo(convert_to_gguf(adapter, base_gguf or bundled_gguf(), out))
+    click.echo(convert_to_gguf(adapter, base_gguf or adapter_base_gguf(adapter), out))
 
 
 @cli.group()
@@ -224,6 +224,21 @@ def bench_ingest(settings: Settings, scale: int) -> None:
     from ingest.bench import run_bench
 
     click.echo(run_bench(settings, scale))
+
+
+@bench.command("train")
+@click.option("--bases", default="smollm2,gemma3", show_default=True, help="Comma-separated base names (or HF folders).")
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(2), help="Steps per lever; the first is warm-up.")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=None, help="Folder from `finetune data`.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench-train.json"), show_default=True)
+@pass_settings
+@friendly
+def bench_train(settings: Settings, bases, steps, data, out) -> None:
+    """Seconds per step, tokens/s and examples/minute per base, before and after each training lever."""
+    from finetune.bench import run_bench
+
+    names = [b.strip() for b in bases.split(",") if b.strip()]
+    click.echo(run_bench(settings, names, steps, data, settings.path(out), echo=click.echo))
 
 
 @bench.command("serve")

@@ -125,7 +125,11 @@ class ServeSettings(BaseModel):
 
 
 class FinetuneSettings(BaseModel):
-    base_model: str = Field("bundled", description="HF folder or id to train on; 'bundled' de-quantizes the bundled GGUF once.")
+    base_model: str = Field("bundled", description="A base name (smollm2 = 'bundled', gemma3: its shipped GGUF is "
+                            "de-quantized once), or an HF folder or id to train on.")
+    answer_only_logits: bool = Field(True, description="Run the LM head only where the loss reads (the answer): the "
+                                     "same loss, far less compute for large vocabularies.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length together (less padding).")
     train_questions: Path = Field(Path("corpus/qa/train.jsonl"), description="Curated training questions.")
     runs_dir: Path = Field(Path("runs"), description="Where training runs are written.")
     oracle_drop_fraction: float = Field(0.2, description="RAFT P: share of examples whose oracle passage is left out.")

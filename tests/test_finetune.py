@@ -23,9 +23,10 @@ from finetune.generate import generate_questions, parse_pairs
 from finetune.gguf_lora import permute
 from finetune.overlap import EvalGuard, dedupe, jaccard, normalise, tokens
 from finetune.questions import CATEGORIES, Question, load_questions
-from finetune.raft import EXTRA_CANDIDATES, MIN_TRIMMED_OVERLAP, answer_overlap, cite
+from finetune.raft import EXTRA_CANDIDATES, MIN_TRIMMED_OVERLAP, answer_overlap, cite, pick_quotes, target
 from finetune.train import make_trainer
 from ftatlas.settings import load_settings
+from serve.evidence import parse_answer, quote_holds
 from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages, split_sentences
 from serve.rag import question_language, retrieval_query
@@ -141,14 +142,14 @@ def tiny_trainer(tiny_settings, built, tmp_path_factory):
                         progress=False)
 
 
-def random_adapter(model, folder: Path, seed: int = 0):
+def random_adapter(model, folder: Path, seed: int = 0, base_id: str = BUNDLED_ID):
     """A LoRA with random, non-zero A and B (peft's init_lora_weights=False) saved in the peft layout: (folder, model)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                                                   init_lora_weights=False))
-    peft_model.peft_config["default"].base_model_name_or_path = BUNDLED_ID
+    peft_model.peft_config["default"].base_model_name_or_path = base_id
     peft_model.save_pretrained(folder, save_embedding_layers=False)
     return folder, peft_model
 
@@ -331,17 +332,17 @@ def test_examples_are_the_servers_prompt_and_cite_the_oracle_at_its_position(bui
             shown = [s for s in sentences if s in user]
             assert chunk.text in user if len(sentences) <= 4 else (0 < len(shown) <= 4 and "\n".join(shown) in user)
         assert [x["role"] for x in r["messages"]] == ["system", *(t["role"] for t in history), "user", "assistant"]
-        target = r["messages"][-1]["content"]
+        quotes, answer = parse_answer(r["messages"][-1]["content"])
         if m["kind"] == "oracle":
             n = m["oracle"]
             assert passages[n - 1].doc_id in m["doc_ids"]
-            assert f" [{n}]" in target
+            assert answer.rstrip(".!?…").endswith(f" [{n}]") and [q.index for q in quotes] == [n] * len(quotes)
             oracle = passages[n - 1]  # trimming kept the sentences that hold the answer
-            answer = re.sub(r" \[\d+\]", "", target)
+            answer = re.sub(r" \[\d+\]", "", answer)
             assert answer_overlap(answer, f"{oracle.title} {oracle.section} {oracle.text}") >= \
                 MIN_TRIMMED_OVERLAP * m["oracle_overlap"] - 1e-9
         else:
-            assert m["oracle"] is None and target == NO_ANSWER[m["language"]]
+            assert m["oracle"] is None and quotes == [] and not re.search(r"\[\d+\]", answer)
             assert all(p.doc_id not in m["doc_ids"] for p in passages)
     assert full_sets >= 5  # the exact comparison ran on a fair share of the examples
 
@@ -358,6 +359,48 @@ def test_follow_ups_are_trained_with_their_history_as_the_server_sees_them(built
     # and their passages were retrieved for the previous question plus this one, as the server searches
     # (test_distractors_are_the_retrievers_top_hits_from_other_documents checks the ranking)
     assert retrieval_query([*history, {"role": "user", "content": "And memory?"}]) == f"{history[-2]['content']} And memory?"
+
+
+def test_every_quote_in_every_target_stands_verbatim_in_the_passage_the_model_reads(built):
+    _, _, rows = built
+    quoted = 0
+    for r in rows:
+        user = r["messages"][-2]["content"]  # the question turn, after any history
+        blocks = re.split(r"(?m)^\[(\d+)\] ", user.split("Passages:\n\n", 1)[1].rsplit("\n\nQuestion: ", 1)[0])
+        shown = {int(n): text for n, text in zip(blocks[1::2], blocks[2::2])}  # passage n -> its block as shown
+        quotes, answer = parse_answer(r["messages"][-1]["content"])
+        for q in quotes:
+            quoted += 1
+            assert q.index == r["meta"]["oracle"] and quote_holds(q.text, shown[q.index]), (r["meta"]["id"], q)
+            assert len(q.text.split()) >= 3  # a sentence, not a stray word
+        assert answer and (quotes or r["meta"]["kind"] != "oracle")
+    assert quoted >= sum(r["meta"]["kind"] == "oracle" for r in rows)
+
+
+def test_only_unanswerable_questions_are_trained_to_refuse_and_the_card_says_how_many(built):
+    out, card, rows = built
+    refusals = {r["meta"]["id"] for r in rows if parse_answer(r["messages"][-1]["content"])[1] in NO_ANSWER.values()}
+    assert refusals == {r["meta"]["id"] for r in rows if r["meta"]["kind"] == "unanswerable"} != set()
+    no_oracle = [r for r in rows if r["meta"]["kind"] == "no-oracle"]
+    assert no_oracle  # they still answer, with the curated answer and nothing to quote
+    for r in no_oracle:
+        assert r["messages"][-1]["content"].startswith("<ANSWER>: ") and r["meta"]["id"] not in refusals
+    saved = json.loads((out / CARD).read_text())
+    assert saved["refusal_share"] == card.refusal_share == pytest.approx(len(refusals) / len(rows), abs=1e-4)
+    assert saved["quoted_share"] == pytest.approx(card.kinds["oracle"] / len(rows), abs=1e-4)
+    assert f"{card.refusal_share:.1%} refuse" in card.text()
+    assert saved["target_tokens"]["max"] >= saved["target_tokens"]["p95"] >= saved["target_tokens"]["mean"] > 5
+
+
+def test_quotes_are_the_passage_sentences_that_carry_the_answer():
+    text = "LoRA is cheap.\nA rank of 8 works well for GPT-3. It ends here.\n- **Bold** item stripped."
+    assert pick_quotes("Rank 8 works.", text) == ["A rank of 8 works well for GPT-3."]
+    # a second sentence joins only when it adds part of the answer; quotes keep passage order
+    assert pick_quotes("LoRA is cheap; rank 8 works.", text) == ["LoRA is cheap.", "A rank of 8 works well for GPT-3."]
+    assert pick_quotes("Bold item.", text) == []  # Markdown-stripped sentences are not verbatim: never quoted
+    assert target("oracle", "It works.", "en", 2, ["A B C."]) == "##begin_quote## A B C. ##end_quote## [2]\n<ANSWER>: It works [2]."
+    assert target("no-oracle", "It works.", "en", None, []) == "<ANSWER>: It works."
+    assert target("unanswerable", "", "ru", None, []) == "<ANSWER>: " + NO_ANSWER["ru"]
 
 
 def test_distractors_are_the_retrievers_top_hits_from_other_documents(built, retriever, ft_settings):
@@ -544,7 +587,7 @@ def test_qlora_without_cuda_is_refused(tiny_settings, built, monkeypatch):
 def test_train_without_data_says_how_to_build_it(tiny_settings, built, tmp_path):
     with pytest.raises(FinetuneError, match="ftatlas finetune data"):
         train(tiny_settings, tmp_path / "nothing", progress=False)
-    for bad in ("latest", "../elsewhere"):
+    for bad in ("latest", "latest-gemma3", "../elsewhere"):
         with pytest.raises(FinetuneError, match="run id"):
             train(tiny_settings, built[0], run_id=bad, progress=False)
 
@@ -559,6 +602,89 @@ def test_qlora_trains_a_4bit_base_on_cuda(tiny_settings, built):
     assert result.steps == 1 and validate_adapter(result.adapter).r == 4
     config = json.loads((result.run_dir / "train_config.json").read_text())
     assert config["device"] == {"cuda": True, "bf16": torch.cuda.is_bf16_supported(), "qlora": True}
+
+
+def tiny_gemma(vocab: int, **over):
+    """A 2-layer Gemma 3 text model built from a config (hidden 32, sliding window on layer 0)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(**{"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64,
+                                 "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                 "head_dim": 16, "sliding_window": 8, "max_position_embeddings": 2048,
+                                 "layer_types": ["sliding_attention", "full_attention"], **over})
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_answer_only_logits_give_the_full_forward_loss_and_gradients(arch, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    from finetune.answer_loss import answer_loss, answer_mask
+
+    assert answer_mask(torch.tensor([[-100, -100, 7, 8]])).tolist() == [[False, True, True]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_base) if arch == "llama" else tiny_gemma(300)
+    torch.manual_seed(1)
+    ids = torch.randint(3, 300, (3, 40))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0  # right padding, as the collator pads
+    labels = torch.full_like(ids, -100)
+    labels[0, 20:40], labels[1, 25:30], labels[2, 33:38] = ids[0, 20:40], ids[1, 25:30], ids[2, 33:38]
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    full = model(**inputs).loss
+    full.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss, logits, targets = answer_loss(model, inputs)
+    loss.backward()
+    assert logits.shape == (30, model.config.vocab_size)  # the head ran at the 20 + 5 + 5 answer positions, not 3 x 40
+    assert torch.allclose(loss, full, atol=1e-5), (loss, full)
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, want[n], atol=1e-5), n
+    # With the Trainer's token count over gradient accumulation the loss is a sum over that count.
+    count = int((labels[:, 1:] != -100).sum())
+    assert torch.allclose(answer_loss(model, inputs, num_items_in_batch=2 * count)[0], full / 2, atol=1e-5)
+
+
+def test_the_trainer_uses_answer_only_logits_unless_turned_off(tiny_settings, built, tmp_path):
+    from finetune.answer_loss import AnswerOnlyTrainer
+
+    on = make_trainer(tiny_settings, built[0], tmp_path / "on", resolve_base(tiny_settings), progress=False)
+    off_settings = with_finetune(tiny_settings, answer_only_logits=False)
+    off = make_trainer(off_settings, built[0], tmp_path / "off", resolve_base(off_settings), progress=False)
+    assert isinstance(on, AnswerOnlyTrainer) and not isinstance(off, AnswerOnlyTrainer)
+    batch = on._prepare_inputs(on.data_collator([on.train_dataset[i] for i in range(2)]))
+    on.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(on.compute_loss(on.model, dict(batch)), off.compute_loss(on.model, dict(batch)),
+                              atol=1e-5)
+
+
+# ---------------------------------------------------------------- bases and the adapter map
+
+
+def test_adapter_map_names_the_default_base_atlas_rag_lora_and_the_others_by_base(monkeypatch, tmp_path):
+    from serve.bases import base_of_model, lora_models
+    from serve.errors import EngineUnavailable
+
+    s = load_settings("test", root=REPO)
+    a, b = tmp_path / "a", tmp_path / "b"
+    llm = s.llm.model_copy(update={"adapters": {"smollm2": a, "gemma3": b}})
+    assert lora_models(llm) == {"atlas-rag-lora": ("smollm2", a), "atlas-rag-lora-gemma3": ("gemma3", b)}
+    # the old single setting is the default adapter, alone or repeated in the map
+    assert lora_models(s.llm.model_copy(update={"adapter": a})) == {"atlas-rag-lora": ("smollm2", a)}
+    assert lora_models(llm.model_copy(update={"adapter": a})) == lora_models(llm)
+    assert lora_models(s.llm) == {}
+    # serving Gemma makes its adapter the default and SmolLM2's the named one
+    gemma = llm.model_copy(update={"model": "/models/gemma-3-270m-q4_k_m.gguf"})
+    assert base_of_model(gemma.model) == "gemma3" and base_of_model("bundled") == "smollm2"
+    assert lora_models(gemma) == {"atlas-rag-lora": ("gemma3", b), "atlas-rag-lora-smollm2": ("smollm2", a)}
+    with pytest.raises(EngineUnavailable, match="two default adapters"):
+        lora_models(llm.model_copy(update={"adapter": b}))
+    with pytest.raises(EngineUnavailable, match="unknown base"):
+        lora_models(s.llm.model_copy(update={"adapters": {"llama9": a}}))
+    monkeypatch.setenv("FTATLAS_LLM__ADAPTERS__GEMMA3", str(b))
+    assert load_settings("test", root=REPO).llm.adapters == {"gemma3": b}
 
 
 # ---------------------------------------------------------------- adapters
@@ -626,13 +752,15 @@ def bundled_base():
 
 
 @pytest.mark.slow
-def test_gguf_adapter_shifts_llama_cpp_logits_like_peft_shifts_the_float_model(bundled_base, tmp_path):
+@pytest.mark.parametrize("base_fixture", ["bundled_base", "gemma_base"])
+def test_gguf_adapter_shifts_llama_cpp_logits_like_peft_shifts_the_float_model(base_fixture, request, tmp_path):
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    bundled_base = request.getfixturevalue(base_fixture)  # SmolLM2 (llama) or Gemma 3, each from its shipped GGUF
     tok = AutoTokenizer.from_pretrained(bundled_base.path)
     model = AutoModelForCausalLM.from_pretrained(bundled_base.path, dtype=torch.float32)
-    adapter, peft_model = random_adapter(model, tmp_path / "adapter", seed=1)
+    adapter, peft_model = random_adapter(model, tmp_path / "adapter", seed=1, base_id=bundled_base.id)
     text = tok.apply_chat_template([{"role": "user", "content": "What does LoRA train?"}], add_generation_prompt=True,
                                    tokenize=False)
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -685,3 +813,105 @@ def test_both_cpu_engines_serve_one_peft_folder_as_atlas_rag_lora(engine_name, f
         assert out["model"] == "atlas-rag-lora" and out["sources"] and out["choices"][0]["message"]["content"]
     finally:
         rag.close()
+
+
+# ---------------------------------------------------------------- Gemma 3
+
+
+def gemma_gguf() -> Path:
+    """The shipped Gemma 3 270M GGUF; these tests need its package, which `make install` installs."""
+    from serve.bases import BASES
+    from serve.errors import EngineUnavailable
+
+    try:
+        return BASES["gemma3"].gguf()
+    except EngineUnavailable as e:
+        pytest.skip(str(e))
+
+
+def test_gemma_adapter_converts_without_the_llama_rope_permutation_and_loads_in_llama_cpp(tmp_path):
+    import gguf
+    from llama_cpp import Llama
+    from safetensors.numpy import load_file
+
+    base_gguf = gemma_gguf()
+    # Gemma 3 270M's dimensions (q 640->1024 over 4 heads of 256, k/v 640->256), two layers, a tiny vocabulary
+    model = tiny_gemma(16, hidden_size=640, intermediate_size=2048, num_attention_heads=4, num_key_value_heads=1,
+                       head_dim=256, sliding_window=512)
+    adapter, _ = random_adapter(model, tmp_path / "adapter", base_id="google/gemma-3-270m")
+    assert validate_adapter(adapter, base_gguf).layers == [0, 1]
+    out = convert_to_gguf(adapter, base_gguf)
+    reader = gguf.GGUFReader(out)
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    tensors = {t.name: t for t in reader.tensors}
+    shapes = {name: [int(x) for x in t.shape] for name, t in tensors.items()}
+    assert shapes["blk.0.attn_q.weight.lora_a"] == [640, 8] and shapes["blk.0.attn_q.weight.lora_b"] == [8, 1024]
+    assert shapes["blk.1.attn_k.weight.lora_b"] == [8, 256] and shapes["blk.1.attn_output.weight.lora_b"] == [8, 640]
+    assert len(shapes) == 16
+    # Gemma's rope keeps HF row order in llama.cpp: q/k's B go over unchanged (the LLaMA path permutes them)
+    peft_b = load_file(str(adapter / "adapter_model.safetensors"))
+    b = peft_b["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
+    assert np.array_equal(np.asarray(tensors["blk.0.attn_q.weight.lora_b"].data).reshape(b.shape), b)
+
+    def last_logits(lora: Path | None) -> np.ndarray:
+        llm = Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
+                    verbose=False, n_threads=2)
+        llm.eval([2, 818, 5279, 529])
+        scores = np.array(llm.scores[3])
+        llm.close()
+        return scores
+
+    assert not np.allclose(last_logits(None), last_logits(out), atol=1e-3)
+    with pytest.raises(AdapterError, match="trained on"):  # a Gemma adapter is refused for SmolLM2 and back
+        validate_adapter(adapter, bundled_gguf())
+
+
+@pytest.fixture(scope="session")
+def gemma_base():
+    """Gemma 3 270M de-quantized into the test profile's data folder (once; later sessions reuse the cache)."""
+    gemma_gguf()
+    return resolve_base(load_settings("test", root=REPO), "gemma3")
+
+
+def test_gemma_base_uses_the_gemma_chat_format(gemma_base):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gemma_base.path)
+    text = tok.apply_chat_template([{"role": "system", "content": "S."}, {"role": "user", "content": "Q?"},
+                                    {"role": "assistant", "content": "A."}], tokenize=False)
+    assert text == "<bos><start_of_turn>user\nS.\n\nQ?<end_of_turn>\n<start_of_turn>model\nA.<end_of_turn>\n"
+    assert len(tok("<start_of_turn>", add_special_tokens=False)["input_ids"]) == 1  # a real turn token, not pieces
+    assert gemma_base.id == "google/gemma-3-270m" and gemma_base.name == "gemma3" and gemma_base.gguf.is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_base(tmp_path_factory):
+    """A 2-layer Gemma 3 built from a config, with the shipped Gemma tokenizer and chat format, as an HF folder."""
+    from finetune.base import gguf_tokenizer
+    from serve.bases import GEMMA_TEMPLATE
+
+    tok = gguf_tokenizer(gemma_gguf(), GEMMA_TEMPLATE)
+    folder = tmp_path_factory.mktemp("tiny-gemma")
+    tiny_gemma(len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+               eos_token_id=tok.eos_token_id).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_tiny_gemma_trains_on_the_answer_in_its_own_chat_format(ft_settings, built, tiny_gemma_base, tmp_path):
+    settings = with_finetune(ft_settings, base_model=str(tiny_gemma_base), max_steps=2)
+    trainer = make_trainer(settings, built[0], tmp_path, resolve_base(settings), progress=False)
+    tok = trainer.processing_class
+    targets = {r["messages"][-1]["content"] for r in read_split(built[0], TRAIN)}
+    system = read_split(built[0], TRAIN)[0]["messages"][0]["content"][:40]
+    for ex in list(trainer.train_dataset)[:4]:  # the loss reads the target and the turn's end, nothing else
+        answer = tok.decode([t for t in ex["labels"] if t != -100])
+        assert answer.endswith("<end_of_turn>\n") and answer.removesuffix("<end_of_turn>\n") in targets
+        assert tok.decode(ex["input_ids"]).startswith("<bos><start_of_turn>user\n" + system)
+
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
