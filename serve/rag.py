@@ -158,7 +158,8 @@ class RagEngine:
         query = self.retrieval_query(messages)
         opts = self.retrieval_options(retrieval)
         passages = self.retriever.retrieve(query, opts)
-        passages = calculator_passages(question) + passages  # a memory question cites the calculator's result
+        # A memory question also cites the calculator's estimate, after what retrieval found (published figures first).
+        passages = passages + calculator_passages(question)
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         t0 = time.perf_counter()
         passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))

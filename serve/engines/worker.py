@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Generator
 
@@ -72,8 +71,8 @@ class ProcessLlama:
     def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
         """Deltas from the child, then its finish reason; closing this generator early, or params.cancel, tells the
         child to stop decoding."""
-        call = {k: v for k, v in asdict(params).items() if k in ("max_tokens", "temperature", "top_p", "repeat_penalty")}
-        call["stop"] = params.stop or None
+        call = {k: getattr(params, k) for k in ("max_tokens", "temperature", "top_p", "repeat_penalty")}
+        call["stop"] = list(params.stop) or None
         with self._lock:
             if self.dead:
                 raise EngineUnavailable(self.dead)
