@@ -57,14 +57,15 @@ def convert(adapter_dir: Path | str, base_gguf: Path | str, out: Path | str | No
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # renamed over `out` once whole: never a truncated lora.gguf
     try:
-        _write(gguf.GGUFWriter(str(tmp), arch), weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir, base_gguf)
+        _write(gguf.GGUFWriter(str(tmp), arch), arch, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir,
+               base_gguf)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
-def _write(writer, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir: Path, base_gguf: Path) -> None:
+def _write(writer, arch: str, weights, cfg, alpha, names, base_ne, n_head, n_kv, adapter_dir: Path, base_gguf: Path) -> None:
     import gguf
 
     writer.add_type(gguf.GGUFType.ADAPTER)

@@ -38,6 +38,7 @@ class Grounder:
     def __init__(self, embedder, question: str, passages: list[Passage], search_query: str | None = None):
         self.embedder = embedder
         texts, owners = [], []
+        self.computed = {n for n, p in enumerate(passages, 1) if p.kind == "calculator"}  # estimates, not documents
         for n, p in enumerate(passages, 1):
             for s in split_sentences(p.text):
                 texts.append(s)
@@ -79,10 +80,10 @@ class Grounder:
     def best_relevance(self) -> float:
         return max((self.relevance(s) for s in self.sentences), default=0.0)
 
-    def top_sentences(self, k: int, per_passage: int | None = None) -> list[Sentence]:
+    def top_sentences(self, k: int, per_passage: int | None = None, skip: set[int] = frozenset()) -> list[Sentence]:
         out, per = [], {}
         for s in self.ranked:
-            if per_passage and per.get(s.n, 0) >= per_passage:
+            if s.n in skip or (per_passage and per.get(s.n, 0) >= per_passage):
                 continue
             if any(s.text == o.text for o in out):
                 continue
@@ -121,8 +122,12 @@ class Grounder:
 
     def extractive(self, k: int = 2, within: float | None = None) -> str:
         """Quote the k passage sentences that best answer the question, each with its [n]; with `within`, only
-        those whose relevance is at most that far below the best one (a distant runner-up answers something else)."""
-        top = self.top_sentences(k, per_passage=1)
+        those whose relevance is at most that far below the best one (a distant runner-up answers something else).
+
+        A calculator's estimate is quoted only when the documents give nothing: a quote states published facts, and
+        the model may still cite the estimate when it writes the answer itself.
+        """
+        top = self.top_sentences(k, per_passage=1, skip=self.computed) or self.top_sentences(k, per_passage=1)
         if within is not None and top:
             best = self.relevance(top[0])
             top = [s for s in top if self.relevance(s) >= best - within]

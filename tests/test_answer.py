@@ -101,8 +101,7 @@ def test_an_unsupported_opening_stops_the_generation_at_once(rag):
     out = scripted_rag(rag, reply, engine=engine).complete("atlas-rag", [{"role": "user", "content": QLORA_Q}])
     assert out["grounding"]["mode"] == "extractive" and out["grounding"]["stopped_early"]
     assert engine.pulled <= len(MADE_UP.split(" ")) + 1, "nothing is pulled after the failing sentence ends"
-    # the fallback quotes a memory figure: the paper's 48 GB, or the calculator's estimate, itself a numbered source
-    assert re.search(r"\b\d+(?:\.\d+)? GB\b.*\[\d+\]", out["choices"][0]["message"]["content"])
+    assert "48 GB" in out["choices"][0]["message"]["content"]  # the paper's figure, not the calculator's estimate
 
 
 def test_the_real_model_stops_as_soon_as_its_opening_fails(rag):

@@ -128,8 +128,11 @@ def test_thresholds_sit_at_most_the_margin_below_the_measurement(tmp_path):
     measured = {"en": {"hit@5": 0.9123, "mrr": 0.01}}
     th = thresholds_from(measured, 0.02)
     assert th == {"en": {"hit@5": 0.893, "mrr": 0.0}}
-    data = write_thresholds(measured, tmp_path / "t.json")
+    data = write_thresholds({"dev": measured, "heldout": measured}, tmp_path / "t.json")
     assert json.loads((tmp_path / "t.json").read_text())["thresholds"] == th == data["thresholds"]
+    assert data["heldout"]["thresholds"] == th
+    with pytest.raises(EvalError, match="missing \\['heldout'\\]"):
+        write_thresholds({"dev": measured}, tmp_path / "t.json")
     assert regressions({"en": {"hit@5": 0.9, "mrr": 0.0}}, th) == []
     assert regressions({"en": {"hit@5": 0.88}}, th) == ["en hit@5 0.880 < 0.893"]
 
@@ -577,7 +580,7 @@ def test_a_lora_eval_names_its_training_run_and_is_recorded_in_it(tmp_path):
     note = adapter_note(adapter, tmp_path)
     assert "3.0 MiB" in note and "run r1" in note and "steps 48" in note and "train_seconds 1174" in note
     assert note.startswith("atlas-rag-lora: adapter runs/r1/adapter (") and str(tmp_path) not in note  # repo-relative
-    records = [{"config": "atlas-rag-lora", "language": "en", "category": "lookup", "refuse": False,
+    records = [{"config": "atlas-rag-lora", "set": "dev", "language": "en", "category": "lookup", "refuse": False,
                 "metrics": {"fact_recall": 0.5}}]
     out = record_in_run(adapter, tmp_path / "reports" / "x", records, tmp_path)
     saved = json.loads(out.read_text())
