@@ -398,7 +398,7 @@ def test_finish_reason_length_needs_the_generated_text(corpus_index, rag):
     assert out["grounding"]["mode"] != "generated" and out["choices"][0]["finish_reason"] == "stop"
 
 
-class GatedEngine:
+class GatedEngine(RecordingEngine):
     """The edge faked here: a model that writes a word every 50 ms until released or cancelled, and notes which."""
 
     name, n_ctx = "gated", 8192
@@ -420,17 +420,6 @@ class GatedEngine:
         finally:  # also when the stream is closed at a yield
             self.ended.append("cancelled" if params.cancel.is_set() else "finished")
         return "stop"
-
-    def count_tokens(self, text: str) -> int:
-        return len(text) // 3 + 1
-
-    def ready(self):
-        from serve.engines import READY
-
-        return READY
-
-    def close(self) -> None:
-        pass
 
 
 def wait_until(check, seconds: float = 10.0) -> bool:

@@ -716,9 +716,20 @@ def test_validate_adapter_refuses_missing_foreign_and_mismatched_adapters(smol_s
         validate_adapter(smol_shaped_adapter, {"hidden_size": 960, "num_attention_heads": 15, "num_hidden_layers": 32})
 
 
+def last_logits(gguf_path: Path, tokens: list[int], lora: Path | None) -> np.ndarray:
+    """llama.cpp's logits after the last of `tokens`, with or without a GGUF LoRA."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
+                verbose=False, n_threads=2)
+    llm.eval(tokens)
+    scores = np.array(llm.scores[len(tokens) - 1])
+    llm.close()
+    return scores
+
+
 def test_gguf_adapter_has_llama_cpp_names_and_shapes_and_loads(smol_shaped_adapter):
     import gguf
-    from llama_cpp import Llama
 
     out = gguf_adapter(smol_shaped_adapter, bundled_gguf())
     assert out == validate_adapter(smol_shaped_adapter).gguf == smol_shaped_adapter / "lora.gguf"
@@ -734,15 +745,8 @@ def test_gguf_adapter_has_llama_cpp_names_and_shapes_and_loads(smol_shaped_adapt
     assert shapes["blk.1.attn_k.weight.lora_a"] == [576, 8] and shapes["blk.1.attn_k.weight.lora_b"] == [8, 192]
     assert shapes["blk.1.attn_output.weight.lora_b"] == [8, 576] and len(shapes) == 16
 
-    def last_logits(lora: Path | None) -> np.ndarray:
-        llm = Llama(model_path=str(bundled_gguf()), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
-                    verbose=False, n_threads=2)
-        llm.eval([1, 504, 3158, 314])
-        scores = np.array(llm.scores[3])
-        llm.close()
-        return scores
-
-    assert not np.allclose(last_logits(None), last_logits(out), atol=1e-3)
+    assert not np.allclose(last_logits(bundled_gguf(), [1, 504, 3158, 314], None),
+                           last_logits(bundled_gguf(), [1, 504, 3158, 314], out), atol=1e-3)
 
 
 @pytest.fixture(scope="session")
@@ -833,7 +837,6 @@ def gemma_gguf() -> Path:
 
 def test_gemma_adapter_converts_without_the_llama_rope_permutation_and_loads_in_llama_cpp(tmp_path):
     import gguf
-    from llama_cpp import Llama
     from safetensors.numpy import load_file
 
     base_gguf = gemma_gguf()
@@ -855,15 +858,8 @@ def test_gemma_adapter_converts_without_the_llama_rope_permutation_and_loads_in_
     b = peft_b["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]
     assert np.array_equal(np.asarray(tensors["blk.0.attn_q.weight.lora_b"].data).reshape(b.shape), b)
 
-    def last_logits(lora: Path | None) -> np.ndarray:
-        llm = Llama(model_path=str(base_gguf), lora_path=str(lora) if lora else None, n_ctx=64, logits_all=True,
-                    verbose=False, n_threads=2)
-        llm.eval([2, 818, 5279, 529])
-        scores = np.array(llm.scores[3])
-        llm.close()
-        return scores
-
-    assert not np.allclose(last_logits(None), last_logits(out), atol=1e-3)
+    assert not np.allclose(last_logits(base_gguf, [2, 818, 5279, 529], None),
+                           last_logits(base_gguf, [2, 818, 5279, 529], out), atol=1e-3)
     with pytest.raises(AdapterError, match="trained on"):  # a Gemma adapter is refused for SmolLM2 and back
         validate_adapter(adapter, bundled_gguf())
 
