@@ -10,7 +10,7 @@ from serve.evidence import format_answer, quote_holds
 from serve.grounding import reading
 from serve.prompt import NO_ANSWER, build_messages, split_sentences
 from serve.rag import retrieval_query
-from serve.retrieval import Passage, RetrievalOptions
+from serve.retrieval import Passage, RetrievalOptions, is_russian
 
 from .overlap import tokens
 from .questions import Question
@@ -56,13 +56,13 @@ def cite(answer: str, n: int) -> str:
     return f"{answer[: m.start()]} [{n}]{m.group(0)}" if m else f"{answer} [{n}]"
 
 
-def pick_quotes(answer: str, text: str) -> list[str]:
+def pick_quotes(answer: str, text: str, terms: str = "") -> list[str]:
     """The passage sentences that carry the answer (chosen greedily by the answer tokens each adds), verbatim, in
-    passage order.
+    passage order. `terms` adds words to look for: a Russian answer's English glossary terms, for an English passage.
 
     Example: ('Rank 8 works.', 'LoRA is cheap. A rank of 8 works well. It ends.') -> ['A rank of 8 works well.'].
     """
-    want = {t for t in tokens(answer) if len(t) > 2 or t.isdigit()}
+    want = {t for t in tokens(f"{answer} {terms}") if len(t) > 2 or t.isdigit()}
     # split_sentences strips Markdown; only sentences that still stand verbatim in the passage can be quoted.
     pool = [s for s in dict.fromkeys(split_sentences(text)) if quote_holds(s, text)]
     chosen: list[str] = []
@@ -114,6 +114,10 @@ class RaftBuilder:
         self.seed = seed
         self.mode = mode
 
+    def terms(self, answer: str) -> str:
+        """English glossary terms of a Russian answer: they find its evidence in an English passage."""
+        return self.retriever.glossary.expand(answer) if is_russian(answer) else ""
+
     def oracle(self, q: Question) -> tuple[Passage | None, float]:
         hits = self.retriever.retrieve(retrieval_query(q.chat()),
                                        RetrievalOptions(mode=self.mode, top_k=ORACLE_CANDIDATES, doc_ids=q.doc_ids))
@@ -153,8 +157,6 @@ class RaftBuilder:
             kept = answer_overlap(q.answer, f"{oracle.title} {oracle.section} {oracle.text}")
             if kept < MIN_TRIMMED_OVERLAP * overlap:
                 return None, "trimming cut the answer out of the oracle passage"
-            if not pick_quotes(q.answer, oracle.text):
-                return None, "no verbatim oracle sentence carries the answer"
         while True:
             ex = self._example(q, lang, kind, order, oracle if kind == "oracle" else None, overlap)
             if ex.tokens <= self.max_seq_len:
@@ -169,7 +171,8 @@ class RaftBuilder:
                  overlap: float | None) -> Example:
         messages = build_messages(q.question, order, lang, q.history)  # a follow-up carries its earlier turns
         n = order.index(oracle) + 1 if oracle is not None else None
-        quotes = pick_quotes(q.answer, oracle.text) if oracle is not None else []
+        # No sentence to quote (a Russian answer whose words the English passage lacks): the target answers and cites.
+        quotes = pick_quotes(q.answer, oracle.text, self.terms(q.answer)) if oracle is not None else []
         messages.append({"role": "assistant", "content": target(kind, q.answer, lang, n, quotes)})
         return Example(
             id=q.id, question=q.question, language=lang, kind=kind, messages=messages, oracle=n,
