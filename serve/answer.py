@@ -50,7 +50,7 @@ class Judged:
     def sentence(self, text: str) -> str | None:
         """The sentence as it may be shown (with its [n]), or None when it fails the check or declines."""
         low = text.lower()
-        if NO_ANSWER["en"].lower()[:30] in low or "do not contain" in low:
+        if any(no.lower()[:30] in low for no in NO_ANSWER.values()) or "do not contain" in low or "нет ответа" in low:
             self.said_no = True
             return None
         self.total += 1

@@ -6,13 +6,14 @@ import copy
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ingest.keyword import tokenize
 
 from .prompt import split_sentences
-from .retrieval import Passage
+from .retrieval import Passage, is_russian
 
 _CITE = re.compile(r"\[(\d+)\]")
 MIN_SHARED_TOKENS = 3  # a sentence must state something a passage states, not just echo one word
@@ -25,6 +26,12 @@ class Sentence:
     text: str
     vec: np.ndarray
     tokens: set[str]
+    russian: bool = False
+
+
+def _decimal(number: str) -> str:
+    """A Russian decimal comma as a point. Example: '0,1' -> '0.1' (thousands were already joined: '10,000' -> '10000')."""
+    return number.replace(",", ".")
 
 
 def overlap(a: set[str], b: set[str]) -> float:
@@ -35,8 +42,10 @@ def overlap(a: set[str], b: set[str]) -> float:
 class Grounder:
     """Holds one question's passage sentences with their vectors; every check reuses them."""
 
-    def __init__(self, embedder, question: str, passages: list[Passage], search_query: str | None = None):
+    def __init__(self, embedder, question: str, passages: list[Passage], search_query: str | None = None,
+                 translate: Callable[[str], str] | None = None):
         self.embedder = embedder
+        self.translate = translate  # Russian text -> its English glossary terms, to check it against English passages
         texts, owners = [], []
         self.computed = {n for n, p in enumerate(passages, 1) if p.kind == "calculator"}  # estimates, not documents
         for n, p in enumerate(passages, 1):
@@ -47,7 +56,7 @@ class Grounder:
         self.qvec, svecs = vecs[0], vecs[1:]
         self.qtokens = set(tokenize(search_query or question))
         self.question_tokens = set(tokenize(question))
-        self.sentences = [Sentence(n, t, v, set(tokenize(t))) for n, t, v in zip(owners, texts, svecs)]
+        self.sentences = [Sentence(n, t, v, set(tokenize(t)), is_russian(t)) for n, t, v in zip(owners, texts, svecs)]
         self._weigh()
 
     def subset(self, passages: list[Passage]) -> "Grounder":
@@ -103,22 +112,52 @@ class Grounder:
         cited = {int(c) for c in _CITE.findall(sentence)}
         pool = [s for s in self.sentences if not cited or s.n in cited] or self.sentences
         clean = _CITE.sub("", sentence).strip()
-        toks = set(tokenize(clean))
-        if not pool or not toks:
+        views = self._views(clean)
+        if not pool or not views[False][0]:
             return False, 0, 0.0
-        vec = self.embedder.encode([clean])[0]
-        best = max(pool, key=lambda s: max(overlap(toks, s.tokens), float(s.vec @ vec)))
+
+        def score(s: Sentence) -> float:
+            toks, vec = views[s.russian]
+            if not toks:
+                return 0.0
+            return overlap(toks, s.tokens) if views[s.russian] is not views[True] else max(overlap(toks, s.tokens),
+                                                                                         float(s.vec @ vec))
+
+        best = max(pool, key=score)
+        toks, vec = views[best.russian]
         ov, sim = overlap(toks, best.tokens), float(best.vec @ vec)
         # A figure the passage does not state is a hallucination, however similar the rest reads.
-        numbers = {t for t in toks if t[0].isdigit()}
-        passage_numbers = {t for s in pool if s.n == best.n for t in s.tokens if t[0].isdigit()}
+        numbers = {_decimal(t) for t in toks if t[0].isdigit()}
+        passage_numbers = {_decimal(t) for s in pool if s.n == best.n for t in s.tokens if t[0].isdigit()}
         # It must state something the passage states beyond the question's own words (an echo says nothing).
-        novel = (toks - self.question_tokens) & best.tokens
+        # (Across languages the question's words are its English glossary terms, which the search query holds.)
+        asked = self.question_tokens if views[best.russian] is views[True] else self.question_tokens | self.qtokens
+        novel = (toks - asked) & best.tokens
         if numbers - passage_numbers or len(toks & best.tokens) < MIN_SHARED_TOKENS or len(novel) < 2:
             return False, best.n, 0.0
         if top is not None and self.rank.get(id(best), top) >= top:
             return False, best.n, 0.0
+        if views[best.russian] is not views[True]:
+            # Across languages the English-only embedder cannot judge meaning (a bag of glossary terms against an
+            # English sentence scores about 0.4 even when it says the same): the terms and figures must carry it.
+            return ov >= min_overlap, best.n, ov
         return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
+
+    def _views(self, clean: str) -> dict[bool, tuple[set[str], np.ndarray]]:
+        """The sentence as it is compared with Russian (True) and English (False) passage sentences: a Russian
+        sentence meets an English one through its Latin terms, figures and English glossary terms, never its
+        Russian words, which an English sentence cannot share.
+
+        Example: 'Обучаются только смещения (bias) [1].' -> English view tokens {'bias', 'only', 'trained', ...}.
+        """
+        toks = set(tokenize(clean))
+        same = (toks, self.embedder.encode([clean])[0] if toks else None)
+        if not (self.translate and is_russian(clean)):
+            return {True: same, False: same}
+        latin = re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", clean))
+        english = " ".join(dict.fromkeys(latin + self.translate(clean).split()))
+        en_toks = set(tokenize(english))
+        return {True: same, False: (en_toks, self.embedder.encode([english])[0] if en_toks else None)}
 
     def extractive(self, k: int = 2, within: float | None = None) -> str:
         """Quote the k passage sentences that best answer the question, each with its [n]; with `within`, only
@@ -145,12 +184,12 @@ def trim_passage(p: Passage, grounder: "Grounder", n: int, keep: int = 4) -> Pas
 
 
 def reading(embedder, question: str, passages: list[Passage], search_query: str | None = None,
-            keep: int = 4) -> tuple[list[Passage], Grounder]:
+            keep: int = 4, translate: Callable[[str], str] | None = None) -> tuple[list[Passage], Grounder]:
     """What the model reads: each passage trimmed to its `keep` most relevant sentences, and the grounder over them.
 
     The server and the fine-tuning data builder both call this, so training prompts are the prompts served.
     """
-    grounder = Grounder(embedder, question, passages, search_query=search_query)
+    grounder = Grounder(embedder, question, passages, search_query=search_query, translate=translate)
     trimmed = [trim_passage(p, grounder, n, keep) for n, p in enumerate(passages, 1)]
     return trimmed, grounder.subset(trimmed)
 

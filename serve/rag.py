@@ -162,7 +162,8 @@ class RagEngine:
         passages = passages + calculator_passages(question)
         timings["retrieval_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         t0 = time.perf_counter()
-        passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query))
+        passages, grounder = reading(self.embedder, question, passages, self.retriever.search_query(query),
+                                     translate=self.retriever.glossary.expand)
         timings["reading_ms"] = round((time.perf_counter() - t0) * 1000, 1)
         refuse = not passages or grounder.best_relevance() < self.settings.llm.refuse_below
         msgs = build_messages(question, passages, language, history, self._count, self.settings.serve.history_tokens,

@@ -227,17 +227,19 @@ def test_a_generated_sentence_must_restate_a_passage_sentence_that_answers_the_q
     assert not g.support(f"{s.text} [{s.n}]", llm.grounding_overlap, llm.grounding_similarity, top)[0]
 
 
+@pytest.mark.parametrize("lang", ["en", "ru"])
 @pytest.mark.parametrize("threshold, mode", [(0.01, "extractive"), (99.0, "refused")])
-def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus_index, rag, threshold, mode):
+def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus_index, rag, threshold, mode, lang):
     from serve import RagEngine
     from serve.prompt import NO_ANSWER
 
-    engine = RagEngine(with_llm(corpus_index, model_refusal_below=threshold), engine=ScriptedEngine(NO_ANSWER["en"]),
-                       retriever=rag.retriever)
-    out = engine.complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=32)
-    assert out["grounding"]["mode"] == mode
+    engine = RagEngine(with_llm(corpus_index, model_refusal_below=threshold, generate_languages=["en", "ru"]),
+                       engine=ScriptedEngine(NO_ANSWER[lang]), retriever=rag.retriever)
+    question = QLORA_Q if lang == "en" else "Сколько памяти GPU понадобилось QLoRA для дообучения модели 65B?"
+    out = engine.complete("atlas-rag", [{"role": "user", "content": question}], max_tokens=32)
+    assert out["grounding"]["mode"] == mode  # a Russian "no answer" is recognised as one too
     text = out["choices"][0]["message"]["content"]
-    assert (text == NO_ANSWER["en"]) is (mode == "refused")
+    assert (text == NO_ANSWER[lang]) is (mode == "refused")
     if mode == "extractive":  # the passages are quoted instead, each sentence with its [n]
         assert "48 GB" in text and re.search(r"\[\d\]", text)
 
@@ -485,3 +487,25 @@ def test_transformers_close_frees_the_model(hf_engine):
     gc.collect()
     assert ref() is None, "the model's memory is released"
     assert not hf_engine.ready() and "closed" in hf_engine.ready().reason
+
+
+def test_a_russian_sentence_meets_an_english_passage_through_its_terms_and_figures(embedder):
+    from serve.grounding import Grounder
+    from serve.retrieval import Passage
+
+    text = ("BitFit trains only the bias terms of the model, about 0.1% of the parameters. "
+            "Adapters insert small bottleneck layers after each attention block.")
+    passages = [Passage("c1", "bitfit", "BitFit", "Method", "bitfit.md", text, 1.0, "en")]
+    glossary = {"обучает": "trains", "смещения": "bias terms", "параметров": "parameters", "модели": "model"}
+
+    def translate(s: str) -> str:
+        return " ".join(en for ru, en in glossary.items() if ru in s)
+
+    said = "BitFit обучает только смещения модели, около 0,1% параметров [1]."
+    plain = Grounder(embedder, "Что обучает BitFit?", passages)
+    both = Grounder(embedder, "Что обучает BitFit?", passages, translate=translate)
+    assert not plain.support(said, 0.6, 0.5, 6)[0]  # Russian words never meet English ones
+    assert both.support(said, 0.6, 0.5, 6)[0]
+    # the check is still a check: a wrong figure, or another method's claim, fails across languages too
+    assert not both.support("BitFit обучает только смещения модели, около 5% параметров [1].", 0.6, 0.5, 6)[0]
+    assert not both.support("BitFit обучает LoRA матрицы ранга r в каждом слое [1].", 0.6, 0.5, 6)[0]
