@@ -9,8 +9,10 @@ from .scoring import ANSWER_KEYS, RETRIEVAL_KEYS
 
 JUDGE_KEYS = ("faithfulness", "answer_correctness")
 LATENCY_KEYS = ("total_ms", "ttft_ms")
+MODES = ("generated", "extractive", "refused")  # how a grounded answer came to be (serve/answer.py)
+MODE_KEYS = tuple(f"{m}_share" for m in MODES)
 SUMMARY_KEYS = (*RETRIEVAL_KEYS, *ANSWER_KEYS, "refusal_accuracy", "false_refusal_rate", *JUDGE_KEYS,
-                "total_ms_p50", "ttft_ms_p50")
+                "total_ms_p50", "ttft_ms_p50", *MODE_KEYS, "generated_ttft_share_p50")
 
 
 def median(values) -> float | None:
@@ -33,7 +35,23 @@ def summarize_group(records: list[dict]) -> dict:
     row["false_refusal_rate"] = mean(r["metrics"].get("refused") for r in ok if not r["refuse"])
     for key in LATENCY_KEYS:
         row[f"{key}_p50"] = median(r.get("latency", {}).get(key) for r in ok)
+    row.update(mode_shares(ok))
     return row
+
+
+def mode_shares(records: list[dict]) -> dict:
+    """Shares of the answerable questions' answers the model wrote, quoted from the passages, or refused; and for the
+    written ones, the median share of the total time spent before the first token. None without grounded answers.
+
+    Example: answerable records with modes generated, extractive, extractive, refused ->
+    {'generated_share': 0.25, 'extractive_share': 0.5, 'refused_share': 0.25, 'generated_ttft_share_p50': ...}.
+    """
+    grounded = [r for r in records if not r["refuse"] and (r.get("grounding") or {}).get("mode")]
+    out: dict = {key: mean(float(r["grounding"]["mode"] == m) for r in grounded) for key, m in zip(MODE_KEYS, MODES)}
+    generated = [r.get("latency") or {} for r in grounded if r["grounding"]["mode"] == "generated"]
+    out["generated_ttft_share_p50"] = median(t["ttft_ms"] / t["total_ms"] for t in generated
+                                             if t.get("ttft_ms") is not None and t.get("total_ms"))
+    return out
 
 
 def summarize(records: list[dict], by: tuple[str, ...] = ("config",)) -> list[dict]:
