@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import math
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,6 +42,40 @@ def overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a) if a else 0.0
 
 
+class SentenceVectors:
+    """Passage sentences' vectors, remembered (LRU, `size` sentences): each retrieved passage used to be embedded
+    again, sentence by sentence, for every question that retrieved it."""
+
+    def __init__(self, embedder, size: int = 20000):
+        self.embedder, self.size = embedder, size
+        self._vecs: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            known = {t: self._vecs[t] for t in texts if t in self._vecs}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:  # embedded outside the lock: other questions' cached sentences need not wait
+            known.update(zip(missing, self.embedder.encode(missing)))
+        with self._lock:
+            for t in dict.fromkeys(texts):
+                self._vecs[t] = known[t]
+                self._vecs.move_to_end(t)
+            while len(self._vecs) > self.size:
+                self._vecs.popitem(last=False)
+        return np.asarray([known[t] for t in texts], dtype=np.float32)
+
+
+_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def sentence_vectors(embedder) -> SentenceVectors:
+    """The one sentence-vector cache of an embedder."""
+    if embedder not in _CACHES:
+        _CACHES[embedder] = SentenceVectors(embedder)
+    return _CACHES[embedder]
+
+
 class Grounder:
     """Holds one question's passage sentences with their vectors; every check reuses them."""
 
@@ -52,8 +89,8 @@ class Grounder:
             for s in split_sentences(p.text):
                 texts.append(s)
                 owners.append(n)
-        vecs = embedder.encode([search_query or question] + texts) if texts else embedder.encode([search_query or question])
-        self.qvec, svecs = vecs[0], vecs[1:]
+        self.qvec = embedder.encode([search_query or question])[0]
+        svecs = sentence_vectors(embedder).encode(texts) if texts else []
         self.qtokens = set(tokenize(search_query or question))
         self.question_tokens = set(tokenize(question))
         self.sentences = [Sentence(n, t, v, set(tokenize(t)), is_russian(t)) for n, t, v in zip(owners, texts, svecs)]

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from conftest import free_port
@@ -509,3 +510,30 @@ def test_a_russian_sentence_meets_an_english_passage_through_its_terms_and_figur
     # the check is still a check: a wrong figure, or another method's claim, fails across languages too
     assert not both.support("BitFit обучает только смещения модели, около 5% параметров [1].", 0.6, 0.5, 6)[0]
     assert not both.support("BitFit обучает LoRA матрицы ранга r в каждом слое [1].", 0.6, 0.5, 6)[0]
+
+
+def test_passage_sentences_are_embedded_once_across_questions(embedder):
+    from serve.grounding import Grounder, SentenceVectors
+    from serve.retrieval import Passage
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner, self.texts = inner, 0
+
+        def encode(self, texts):
+            self.texts += len(texts)
+            return self.inner.encode(texts)
+
+    counting = Counting(embedder)
+    passages = [Passage("c1", "lora", "LoRA", "Method", "lora.md", "LoRA freezes the weights. It trains A and B.", 1.0),
+                Passage("c2", "bitfit", "BitFit", "Method", "bitfit.md", "BitFit trains only the biases.", 0.9)]
+    first = Grounder(counting, "What does LoRA train?", passages)
+    assert counting.texts == 1 + 3  # the question and three sentences
+    second = Grounder(counting, "What does BitFit train?", passages)
+    assert counting.texts == 1 + 3 + 1  # only the new question: the sentences' vectors are remembered
+    for a, b in zip(first.sentences, second.sentences):
+        assert np.allclose(a.vec, b.vec, atol=1e-5)
+    assert np.allclose(second.sentences[0].vec, embedder.encode(["LoRA freezes the weights."])[0], atol=1e-5)
+    small = SentenceVectors(embedder, size=2)
+    small.encode(["a b", "c d", "e f"])
+    assert list(small._vecs) == ["c d", "e f"]  # least recently used first out: the cache stays bounded
