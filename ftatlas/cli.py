@@ -210,6 +210,19 @@ def finetune_gguf(settings: Settings, adapter, base_gguf, out) -> None:
     click.echo(convert_to_gguf(adapter, base_gguf or adapter_base_gguf(adapter), out))
 
 
+@finetune.command("ship")
+@click.argument("run", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--to", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Default: adapters/<base> (smollm2 or gemma3), the folder llm.adapters names for that base.")
+@pass_settings
+@friendly
+def finetune_ship(settings: Settings, run, to) -> None:
+    """Copy a finished run's adapter and its card into adapters/ (the committed default; size-checked)."""
+    from finetune.ship import ship, shipped_folder
+
+    click.echo(ship(run, to or settings.path(shipped_folder(run))))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks: print figures (never part of `make test`)."""

@@ -928,3 +928,28 @@ def test_a_tiny_gemma_trains_on_the_answer_in_its_own_chat_format(ft_settings, b
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     assert all(torch.equal(before[n], after[n]) for n in before if "lora_" not in n)
+
+
+def test_shipping_a_run_copies_its_adapter_with_a_card_and_refuses_oversized_files(smol_shaped_adapter, tmp_path):
+    from finetune.ship import ship, shipped_folder
+
+    run = tmp_path / "runs" / "r1"
+    shutil.copytree(smol_shaped_adapter, run / "adapter")
+    (run / "run.json").write_text(json.dumps({
+        "run_id": "r1", "base_model": BUNDLED_ID, "base_sha256": "abc", "data_hash": "d1", "steps": 40,
+        "train_seconds": 1200.0, "stopped_by_budget": False, "train_loss": 1.1, "eval_loss": 1.3}))
+    (run / "eval.json").write_text(json.dumps({"atlas-rag-lora": {"fact_recall": 0.6}}))
+    assert shipped_folder(run) == Path("adapters/smollm2")
+    out = ship(run, tmp_path / "adapters" / "smollm2")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
+                                                     "card.json"]
+    card = json.loads((out / "card.json").read_text())
+    assert (card["base_model"], card["base_sha256"], card["data_hash"], card["steps"]) == (BUNDLED_ID, "abc", "d1", 40)
+    assert card["eval"] == {"atlas-rag-lora": {"fact_recall": 0.6}} and "d1" in (out / "README.md").read_text()
+    # a file git should not carry is refused, and the adapter shipped before stays whole
+    (run / "adapter" / "lora.gguf").write_bytes(b"\0" * (11 * 2**20))
+    with pytest.raises(AdapterError, match="lora.gguf 11.0 MB is over"):
+        ship(run, out)
+    assert (out / "card.json").is_file() and not (out / "lora.gguf").exists()
+    with pytest.raises(AdapterError, match="not a finished training run"):
+        ship(tmp_path / "runs" / "missing", out)
