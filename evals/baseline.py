@@ -50,6 +50,7 @@ class StockPassages:
         self.stock = stock
         self.embedder = retriever.embedder
         self.search_query = retriever.search_query  # the grounder weighs sentences exactly as for atlas-rag
+        self.glossary = retriever.glossary  # and checks Russian answers against English passages the same way
 
     def retrieve(self, query: str, opts=None) -> list:
         from serve.retrieval import Passage
