@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .evidence import Evidence, answer_started, parse_answer, quote_holds
+from .evidence import Evidence, answer_repeated, answer_started, parse_answer, quote_holds
 from .grounding import Grounder, split_generated
 from .prompt import NO_ANSWER
 from .retrieval import Passage
@@ -104,6 +104,9 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
                 if judged.doomed():
                     stopped = True
                     break
+            if answer_repeated(raw):  # what follows a second <ANSWER>: is a loop, never read: the first one is whole
+                yield from let_through(split_generated(parse_answer(raw)[1])[done:])
+                break
         else:
             yield from let_through(split_generated(parse_answer(raw)[1])[done:])
     finally:

@@ -42,13 +42,19 @@ def parse_answer(text: str) -> tuple[list[Evidence], str]:
     quotes = [Evidence(int(m.group(2)) if m.group(2) else None, m.group(1).strip()) for m in _QUOTE.finditer(text)]
     head, marker, tail = text.partition(ANSWER)
     # Quotes are never answer text, wherever the model wrote them; nor is an unfinished one (generation cut inside it).
-    answer = _QUOTE.sub("", tail if marker else head).split(BEGIN)[0]
+    # A second marker means the model started over (a small model loops): the answer is what came before it.
+    answer = _QUOTE.sub("", tail.split(ANSWER)[0] if marker else head).split(BEGIN)[0]
     return quotes, answer.strip()
 
 
 def answer_started(text: str) -> bool:
     """Whether streaming has reached the answer part: the marker has been written (the quotes come before it)."""
     return ANSWER in text
+
+
+def answer_repeated(text: str) -> bool:
+    """Whether the model has begun a second answer: generation can stop, the first one is all that is read."""
+    return text.count(ANSWER) > 1
 
 
 def quote_holds(quote: str, passage_text: str) -> bool:

@@ -95,6 +95,17 @@ def test_a_passing_sentence_streams_before_the_generation_ends_and_quotes_never_
     assert rest[-1]["grounding"]["evidence"] == [{"index": best.n, "text": best.text}]
 
 
+def test_a_second_answer_marker_ends_the_answer_and_the_generation(rag):
+    reply, best = raft_reply(rag)
+    looped = reply + " <ANSWER>: " + reply.split("<ANSWER>: ", 1)[1] + " <ANSWER>: more and more of the same words"
+    engine = Recording(looped * 3)
+    out = scripted_rag(rag, looped * 3, engine=engine).complete("atlas-rag", [{"role": "user", "content": QLORA_Q}],
+                                                               max_tokens=256)
+    assert out["choices"][0]["message"]["content"] == f"{best.text.rstrip('.')} [{best.n}]."  # once, no marker
+    assert out["grounding"]["mode"] == "generated"
+    assert engine.pulled < engine.pieces / 2, "the loop after the second marker was not generated"
+
+
 def test_an_unsupported_opening_stops_the_generation_at_once(rag):
     reply = MADE_UP + " " + " ".join(["And", "so", "on", "for", "a", "long", "while."] * 10)
     engine = Recording(reply)
