@@ -271,7 +271,7 @@ def bench_reliability(settings: Settings, clients, seconds, short, out) -> None:
 
     if short:
         clients, seconds = 4, 45.0
-    text, ok = run_reliability(settings, clients, seconds, settings.path(out), echo=click.echo)
+    text, ok = run_reliability(settings, clients, seconds, settings.path(out), echo=click.echo, short=short)
     click.echo(text)
     if not ok:
         sys.exit(1)

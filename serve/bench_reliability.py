@@ -66,8 +66,30 @@ def check_index(run, pristine, embedder) -> dict:
             "before_cleanup": counts(before), "after_cleanup": counts(after)}
 
 
+def sample_rss(server: ServedChild, samples: list, until: float, every_s: float = 2.0) -> None:
+    """[seconds into the load, MiB] every few seconds until `until` (time.monotonic())."""
+    t0 = time.monotonic()
+    while time.monotonic() < until:
+        try:
+            samples.append([round(time.monotonic() - t0, 1), server.rss_mb()])
+        except Exception:  # the server died: the load's failures say so
+            return
+        time.sleep(every_s)
+
+
+def rss_summary(samples: list[list[float]], seconds: float) -> dict:
+    """Warm = the first sample a third into the load (the first third is the warm-up); end = the last sample.
+
+    Example: ([[0, 900], [10, 1000], [30, 1050]], 30) -> warm 1000, end 1050, growth 5.0%.
+    """
+    warm = next((mb for t, mb in samples if t >= seconds / 3), samples[-1][1])
+    end = samples[-1][1]
+    return {"warm_mb": warm, "end_mb": end, "growth_pct": rss_growth_pct(warm, end), "peak_mb": max(mb for _, mb in samples),
+            "samples": samples}
+
+
 def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Path | None = None, embedder=None,
-                    echo=print) -> tuple[str, bool]:
+                    echo=print, short: bool = False) -> tuple[str, bool]:
     """The whole bench against children serving a temporary copy of settings' index -> (the table, all aims met)."""
     from ingest import ingest
     from ingest.embedder import Embedder
@@ -85,6 +107,7 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
     if index_status(settings)["stale"]:
         echo(f"ingesting {settings.data_dir} first")
         ingest(settings, embedder=emb(), progress=False)
+    prep_s = round(time.perf_counter() - t_start, 1)
     tallies = {k: Tally(k) for k in CLASSES}
     headers = {"Authorization": f"Bearer {settings.serve.api_keys[0]}"} if settings.serve.api_keys else {}
     report: dict = {"clients": clients, "seconds": seconds}
@@ -96,7 +119,7 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
         folder = tmp / "user-folder"
         folder.mkdir()
         (folder / "steady.md").write_bytes(note("folder-steady", 1))
-        server, rss, lost = None, {}, []
+        server, rss, lost, phases = None, {}, [], report.setdefault("phases_s", {"prepare": prep_s})
         try:
             t0 = time.perf_counter()
             server = ServedChild(run, run.data_dir, tmp / "server.log").start()
@@ -109,17 +132,22 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
                 if load.call(c, "upload", "POST", "/v1/documents", {200}, name="rely-warm.md",
                              files={"file": ("rely-warm.md", note("warm", 1))}) == 200:
                     load.call(c, "delete", "DELETE", f"/v1/documents/{load.ledger['rely-warm.md']}", {200}, name="rely-warm.md")
-            rss = {"warm_mb": server.rss_mb()}
+            phases["start_and_warm_up"] = round(time.perf_counter() - t0, 1)
             echo(f"load: {clients} clients for {seconds:g} s, an ingest of a user folder beside them")
-            stop = threading.Event()
-            beside = threading.Thread(target=side_ingest, args=(run, run.data_dir, folder, stop, tallies["ingest"],
+            t0 = time.perf_counter()
+            until = time.monotonic() + seconds
+            beside = threading.Thread(target=side_ingest, args=(run, run.data_dir, folder, until, tallies["ingest"],
                                                                  tmp / "ingest.log"), daemon=True)
             beside.start()
+            samples: list[list[float]] = []
+            sampler = threading.Thread(target=sample_rss, args=(server, samples, until), daemon=True)
+            sampler.start()
             load.run(clients, seconds)
-            stop.set()
             beside.join(TIMEOUT_S["ingest"] + 10)
-            rss["end_mb"] = server.rss_mb()
-            rss["growth_pct"] = rss_growth_pct(rss["warm_mb"], rss["end_mb"])
+            sampler.join()
+            samples.append([round(time.perf_counter() - t0, 1), server.rss_mb()])
+            phases["load_and_drain"] = round(time.perf_counter() - t0, 1)
+            rss = rss_summary(samples, seconds)
             lost = load.lost(listed_uploads(server.url, headers))
             echo("kill -9 in the middle of an upload, then a restart")
             report["crash"] = crash_mid_upload(server, headers)
@@ -129,8 +157,11 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
             tallies["restart"].record(200, {200}, report["restart_s"] * 1000)
             report["crash"]["after_restart"] = "listed" if report["crash"]["name"] in listed_uploads(server.url, headers) else "absent"
             echo("bad-input sweep")
-            report["sweep"] = sweep(server.url, headers, settings.serve.max_upload_mb, tallies["bad_input"])
+            t0 = time.perf_counter()
+            with httpx.Client(base_url=server.url, headers=headers, timeout=90) as c:
+                report["sweep"] = sweep(c, settings.serve.max_upload_mb, tallies["bad_input"], generate=not short)
             server.stop()
+            phases["sweep"] = round(time.perf_counter() - t0, 1)
         except Exception as e:  # a bench that cannot finish still writes what it saw, and fails
             tallies["restart"].fail("bench_error", f"{type(e).__name__}: {e}")
             report["error"] = f"{type(e).__name__}: {e}"
@@ -138,7 +169,9 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
             if server is not None:
                 server.kill()
         echo("checking the index against a clean ingest")
+        t0 = time.perf_counter()
         documents = check_index(run, pristine, emb()) if "error" not in report else {"ok": False, "why": [report["error"]]}
+        phases["index_check"] = round(time.perf_counter() - t0, 1)
         documents["why"] = lost + documents["why"]
         documents["ok"] = documents["ok"] and not lost
         report["server_log_tail"] = server.tail(20) if server is not None else ""
@@ -151,5 +184,6 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
         out.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
     head = (f"reliability: {clients} clients x {seconds:g} s, server start {report.get('start_s')} s, restart "
             f"{report.get('restart_s')} s, kill -9 while {report.get('crash', {}).get('killed_while')} -> "
-            f"{report.get('crash', {}).get('after_restart')}, total {report['total_s']} s")
+            f"{report.get('crash', {}).get('after_restart')}, total {report['total_s']} s\nphases (s): {report['phases_s']}; "
+            f"RSS samples (s, MiB): {rss.get('samples', [])[::5]}")
     return head + "\n" + table(report) + (f"\nwritten: {out}" if out else ""), ok

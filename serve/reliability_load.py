@@ -125,10 +125,11 @@ class Load:
         return out
 
 
-def side_ingest(settings, data_dir: Path, folder: Path, stop: threading.Event, tally: Tally, log: Path) -> None:
-    """`ftatlas ingest FOLDER` in its own process, again and again with a changed file, while the server is loaded."""
+def side_ingest(settings, data_dir: Path, folder: Path, until: float, tally: Tally, log: Path) -> None:
+    """`ftatlas ingest FOLDER` in its own process, again and again with a changed file, while the server is loaded;
+    none starts in the last 20 s before `until` (time.monotonic()), so the load phase ends with it."""
     version = 0
-    while not stop.is_set():
+    while version == 0 or time.monotonic() < until - 20:
         version += 1
         (folder / "changing.md").write_bytes(note("folder-changing", version))
         t0 = time.perf_counter()
