@@ -124,15 +124,9 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
             t0 = time.perf_counter()
             server = ServedChild(run, run.data_dir, tmp / "server.log").start()
             report["start_s"] = round(time.perf_counter() - t0, 1)
-            echo(f"server up in {report['start_s']} s at {server.url}; warming up")
+            echo(f"server up in {report['start_s']} s at {server.url}")
             load = Load(server.url, headers, tallies)
-            with httpx.Client(base_url=server.url, headers=headers) as c:  # each class once before RSS is taken
-                load.chat(c, "What does LoRA freeze?")
-                load.call(c, "retrieve", "POST", "/v1/retrieve", {200}, json={"query": "LoRA rank"})
-                if load.call(c, "upload", "POST", "/v1/documents", {200}, name="rely-warm.md",
-                             files={"file": ("rely-warm.md", note("warm", 1))}) == 200:
-                    load.call(c, "delete", "DELETE", f"/v1/documents/{load.ledger['rely-warm.md']}", {200}, name="rely-warm.md")
-            phases["start_and_warm_up"] = round(time.perf_counter() - t0, 1)
+            phases["start"] = round(time.perf_counter() - t0, 1)
             echo(f"load: {clients} clients for {seconds:g} s, an ingest of a user folder beside them")
             t0 = time.perf_counter()
             until = time.monotonic() + seconds
@@ -150,12 +144,14 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
             rss = rss_summary(samples, seconds)
             lost = load.lost(listed_uploads(server.url, headers))
             echo("kill -9 in the middle of an upload, then a restart")
+            t_crash = time.perf_counter()
             report["crash"] = crash_mid_upload(server, headers)
             t0 = time.perf_counter()
             server = ServedChild(run, run.data_dir, tmp / "server.log").start()
             report["restart_s"] = round(time.perf_counter() - t0, 1)
             tallies["restart"].record(200, {200}, report["restart_s"] * 1000)
             report["crash"]["after_restart"] = "listed" if report["crash"]["name"] in listed_uploads(server.url, headers) else "absent"
+            phases["crash_and_restart"] = round(time.perf_counter() - t_crash, 1)
             echo("bad-input sweep")
             t0 = time.perf_counter()
             with httpx.Client(base_url=server.url, headers=headers, timeout=90) as c:
