@@ -51,6 +51,12 @@ class Tally:
             if len(self.problems) < 5:
                 self.problems.append(f"{kind}: {detail[:200]}")
 
+    def cut(self) -> None:
+        """A request still waiting when the load phase ended, closed by the bench (a client that goes away): it
+        neither passes nor fails, and the server must take the disconnect in its stride."""
+        with self._lock:
+            self.verdicts["cut_at_end"] += 1
+
     def row(self) -> dict:
         lat = sorted(self.latencies_ms)
         p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
@@ -84,7 +90,7 @@ def aims(tallies: dict[str, Tally], documents: dict, rss: dict) -> dict[str, dic
     for t in tallies.values():
         total.update(t.verdicts)
     sweep = tallies.get("bad_input")
-    bad = sum(n for v, n in sweep.verdicts.items() if v != "ok") if sweep else 0
+    bad = sum(n for v, n in sweep.verdicts.items() if v != "ok") if sweep else 0  # a "cut" is a load-phase verdict
     growth = rss.get("growth_pct")
     return {
         "no 5xx (but a deliberate 503)": {"pass": total["5xx"] + total["stream_error"] == 0,
@@ -103,9 +109,10 @@ def table(report: dict) -> str:
     """The printed summary: one line per request class, then one per aim."""
     lines = [f"{'class':<12} {'requests':>8} {'ok':>6} {'p50 ms':>9} {'p95 ms':>9}  statuses / failures"]
     for name, r in report["classes"].items():
-        failures = {k: v for k, v in r["verdicts"].items() if k != "ok"}
+        failures = {k: v for k, v in r["verdicts"].items() if k not in ("ok", "cut_at_end")}
         lines.append(f"{name:<12} {r['requests']:>8} {r['verdicts'].get('ok', 0):>6} {r['p50_ms']:>9} {r['p95_ms']:>9}  "
-                     f"{r['statuses']}{'  FAILED ' + str(failures) if failures else ''}")
+                     f"{r['statuses']}{'  FAILED ' + str(failures) if failures else ''}"
+                     f"{'  (%d cut at the end)' % r['verdicts']['cut_at_end'] if r['verdicts'].get('cut_at_end') else ''}")
     lines.append("")
     for name, a in report["aims"].items():
         lines.append(f"{'PASS' if a['pass'] else 'FAIL'}  {name}: {a['detail']}")

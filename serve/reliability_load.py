@@ -37,9 +37,10 @@ class Load:
         self.ledger: dict[str, str | None] = {}  # upload name -> its document id (None: deleted), when the answer said so
         self.unsure: set[str] = set()  # names whose last write got no clear answer
         self._lock = threading.Lock()
+        self.stop_at = float("inf")  # streams still open then are closed (the queue behind one engine drains slowly)
 
     def run(self, clients: int, seconds: float) -> None:
-        stop_at = time.monotonic() + seconds
+        self.stop_at = stop_at = time.monotonic() + seconds
         threads = [threading.Thread(target=self._client, args=(i, stop_at), daemon=True) for i in range(clients)]
         for t in threads:
             t.start()
@@ -103,6 +104,9 @@ class Load:
                         time.sleep(min(float(r.headers.get("Retry-After", 1)), 3.0))
                     return
                 for line in r.iter_lines():
+                    if time.monotonic() > self.stop_at:
+                        tally.cut()
+                        return
                     if time.perf_counter() > deadline:
                         tally.record(None, {200}, (time.perf_counter() - t0) * 1000, "stream still open at its timeout")
                         return
