@@ -77,12 +77,12 @@ def sample_rss(server: ServedChild, samples: list, until: float, every_s: float 
         time.sleep(every_s)
 
 
-def rss_summary(samples: list[list[float]], seconds: float) -> dict:
-    """Warm = the first sample a third into the load (the first third is the warm-up); end = the last sample.
+def rss_summary(samples: list[list[float]], warm_s: float) -> dict:
+    """Warm = the first sample `warm_s` into the load; end = the last sample.
 
-    Example: ([[0, 900], [10, 1000], [30, 1050]], 30) -> warm 1000, end 1050, growth 5.0%.
+    Example: ([[0, 900], [10, 1000], [30, 1050]], 10) -> warm 1000, end 1050, growth 5.0%.
     """
-    warm = next((mb for t, mb in samples if t >= seconds / 3), samples[-1][1])
+    warm = next((mb for t, mb in samples if t >= warm_s), samples[-1][1])
     end = samples[-1][1]
     return {"warm_mb": warm, "end_mb": end, "growth_pct": rss_growth_pct(warm, end), "peak_mb": max(mb for _, mb in samples),
             "samples": samples}
@@ -141,7 +141,9 @@ def run_reliability(settings, clients: int = 8, seconds: float = 300.0, out: Pat
             sampler.join()
             samples.append([round(time.perf_counter() - t0, 1), server.rss_mb()])
             phases["load_and_drain"] = round(time.perf_counter() - t0, 1)
-            rss = rss_summary(samples, seconds)
+            # warm-up: the first third of the load, and at least until a chat, an upload and a re-upload answered
+            warm_s = max([seconds / 3] + [t - (until - seconds) for t in load.first_ok.values()])
+            rss = {**rss_summary(samples, warm_s), "warm_at_s": round(warm_s, 1)}
             lost = load.lost(listed_uploads(server.url, headers))
             echo("kill -9 in the middle of an upload, then a restart")
             t_crash = time.perf_counter()

@@ -38,6 +38,7 @@ class Load:
         self.unsure: set[str] = set()  # names whose last write got no clear answer
         self._lock = threading.Lock()
         self.stop_at = float("inf")  # streams still open then are closed (the queue behind one engine drains slowly)
+        self.first_ok: dict[str, float] = {}  # kind -> time.monotonic() of its first answered request (warm-up)
 
     def run(self, clients: int, seconds: float) -> None:
         self.stop_at = stop_at = time.monotonic() + seconds
@@ -77,7 +78,8 @@ class Load:
             detail = repr(e)
         except httpx.HTTPError as e:
             status, detail = 0, repr(e)  # a dropped connection: counted as unexpected
-        self.tallies[kind].record(status, expected, (time.perf_counter() - t0) * 1000, detail)
+        if self.tallies[kind].record(status, expected, (time.perf_counter() - t0) * 1000, detail) == "ok":
+            self.first_ok.setdefault(kind, time.monotonic())
         if name:
             with self._lock:
                 if status == 200:
@@ -113,6 +115,7 @@ class Load:
                     if line.startswith("data: {") and '"error"' in line and "error" in json.loads(line[6:]):
                         tally.fail("stream_error", line[6:])
                 tally.record(200, {200}, (time.perf_counter() - t0) * 1000)
+                self.first_ok.setdefault("chat", time.monotonic())
         except httpx.TimeoutException as e:
             tally.record(None, {200}, (time.perf_counter() - t0) * 1000, repr(e))
         except httpx.HTTPError as e:
