@@ -16,7 +16,9 @@ from .reliability import Tally
 
 # Each request class has its own limit; an upload or delete may wait on the index lock behind an ingest.
 TIMEOUT_S = {"chat": 120.0, "retrieve": 30.0, "upload": 180.0, "reupload": 180.0, "delete": 180.0, "ingest": 300.0}
-OPS = ["chat", "retrieve", "upload", "retrieve", "reupload", "chat", "retrieve", "delete"]
+# Client i starts at OPS[2 * i]: some chat at once, others upload, re-upload and delete before their first chat
+# (which waits its turn behind one engine), so even the short run deletes.
+OPS = ["upload", "retrieve", "reupload", "delete", "chat", "retrieve", "upload", "chat"]
 QUESTIONS = ["What does QLoRA quantize?", "How does LoRA save memory?", "What is BitFit?", "Что такое prompt tuning?",
              "When is RAG better than fine-tuning?", "What does DPO optimize?"]
 
@@ -49,7 +51,7 @@ class Load:
             t.join(seconds + max(TIMEOUT_S.values()) + 30)
 
     def _client(self, i: int, stop_at: float) -> None:
-        rnd, k, mine = random.Random(i), 0, {}  # mine: name -> version
+        rnd, k, mine = random.Random(i), 2 * i, {}  # mine: name -> version
         with httpx.Client(base_url=self.url, headers=self.headers) as c:
             while time.monotonic() < stop_at:
                 op = OPS[k % len(OPS)]
