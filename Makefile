@@ -40,8 +40,9 @@ $(VENV)/.installed: pyproject.toml
 		echo "warning: could not install Debian chromium; browser tests will fail"
 	touch $@
 
+# Two malloc arenas instead of one per thread: the server's RSS levels off under concurrent requests (issue 11).
 serve: install
-	$(VENV)/bin/ftatlas serve
+	MALLOC_ARENA_MAX=2 $(VENV)/bin/ftatlas serve
 
 test: install
 	# The host, first: every CI log records it; a failed engine probe stops here with its one-line reason.

@@ -271,6 +271,25 @@ def bench_serve(settings: Settings, url, seconds, clients, out, scale, retrieval
     click.echo(run_bench(settings, url, seconds, clients, settings.path(out), scale, retrieval_only))
 
 
+@bench.command("reliability")
+@click.option("--clients", default=8, show_default=True, help="Concurrent clients in the load phase.")
+@click.option("--seconds", default=300.0, show_default=True, help="Length of the load phase.")
+@click.option("--short", is_flag=True, help="The make-test version: 4 clients for 45 s, one kill -9, the sweep.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/reliability.json"), show_default=True)
+@pass_settings
+@friendly
+def bench_reliability(settings: Settings, clients, seconds, short, out) -> None:
+    """Load, kill -9 mid-upload, bad input: against a served copy of the index; exit 1 when an aim fails."""
+    from serve.bench_reliability import run_reliability
+
+    if short:
+        clients, seconds = 4, 45.0
+    text, ok = run_reliability(settings, clients, seconds, settings.path(out), echo=click.echo, short=short)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
 def _probe(settings: Settings) -> None:
     """Load the native engine in a child and generate a few tokens; exit with the probe's one line if it dies."""
     from serve.engines.probe import probe_command, run_probe

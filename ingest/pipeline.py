@@ -14,7 +14,7 @@ from .glossary import Glossary, mine_pairs, save_mined
 from .keyword import KeywordIndex
 from .loaders import load_file, read_bytes
 from .lock import index_lock
-from .sources import Source, manifest_sources, settings_key, user_doc_id, user_sources
+from .sources import Source, document_fingerprint, manifest_sources, settings_key, user_doc_id, user_sources
 from .state import State, load_state, save_state
 
 _TERMS = re.compile(r"^Термины:\s*(.+)$", re.M)
@@ -197,8 +197,7 @@ def _ingest(settings, paths, embedder, progress, on_batch) -> Summary:
             continue
         try:
             read_bytes(s.path)  # names a directory called x.md or an unreadable file
-            # Atlas chunks carry the glossary's translations: a changed hand glossary re-chunks the atlas.
-            fps[s.key] = s.fingerprint(skey + (f"|glossary:{Glossary.hand_key(settings)}" if s.kind == "atlas" else ""))
+            fps[s.key] = document_fingerprint(settings, s, skey)
             ok_sources.append(s)
         except DocumentError as e:
             summary.failed.append((e.name, e.reason))

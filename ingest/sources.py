@@ -40,6 +40,16 @@ def settings_key(settings) -> str:
     return f"v{CHUNKER_VERSION}|{ing.chunk_tokens}|{ing.chunk_overlap}|{embedder_id(ing.embed_model)}"
 
 
+def document_fingerprint(settings, src: Source, skey: str) -> str:
+    """What an ingest compares, for ingest and index_status alike: atlas chunks carry the hand glossary's
+    translations, so a changed glossary re-chunks the atlas. Raises OSError when the file cannot be read."""
+    if src.kind != "atlas":
+        return src.fingerprint(skey)
+    from .glossary import Glossary
+
+    return src.fingerprint(skey + f"|glossary:{Glossary.hand_key(settings)}")
+
+
 def read_manifest(settings) -> list[dict]:
     path = settings.path(settings.ingest.manifest)
     try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import DocumentError
 from .keyword import KeywordIndex
-from .sources import manifest_sources, settings_key, user_sources
+from .sources import document_fingerprint, manifest_sources, settings_key, user_sources
 from .state import load_state
 
 
@@ -18,7 +18,7 @@ def index_status(settings) -> dict:
     fps, unreadable = {}, []
     for s in sources:
         try:
-            fps[s.key] = s.fingerprint(skey)
+            fps[s.key] = document_fingerprint(settings, s, skey)
         except (DocumentError, OSError):
             unreadable.append(str(s.path))
     try:

@@ -44,6 +44,17 @@ def open_collection(settings):
         raise IngestError(f"cannot open Chroma at {where}: {e}") from e
 
 
+def reopen_collection(settings):
+    """The collection through a new local client. Chroma's PersistentClient keeps one view of the files per process;
+    after another process wrote (a `ftatlas ingest` beside the server) reads of documents and embeddings fail with
+    'Error finding id' until that view is dropped. Call under index_lock: other handles in this process die too."""
+    if not settings.ingest.chroma_host:
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+    return open_collection(settings)
+
+
 class Store:
     """The chunk collection: add through LlamaIndex, read and delete by metadata."""
 

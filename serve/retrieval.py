@@ -14,7 +14,8 @@ import numpy as np
 from ingest.embedder import Embedder
 from ingest.glossary import Glossary
 from ingest.keyword import KeywordIndex
-from ingest.store import Store, open_collection
+from ingest.lock import index_lock
+from ingest.store import Store, open_collection, reopen_collection
 
 from .routing import Router, cap_sections, mmr
 
@@ -103,7 +104,12 @@ class Retriever:
         if self.keyword.fingerprint == self._fingerprint and self._meta:
             return
         with self._lock:
-            got = self.store.collection.get(include=["documents", "metadatas", "embeddings"])
+            try:
+                got = self.store.collection.get(include=["documents", "metadatas", "embeddings"])
+            except Exception:  # chromadb.errors.InternalError: another process wrote; see reopen_collection
+                with index_lock(self.settings):
+                    self.store = Store(reopen_collection(self.settings))
+                    got = self.store.collection.get(include=["documents", "metadatas", "embeddings"])
             ids = list(got["ids"])
             meta, texts = dict(zip(ids, got["metadatas"])), dict(zip(ids, got["documents"]))
             matrix = np.asarray(got["embeddings"], dtype=np.float32) if ids else np.zeros((0, 1), dtype=np.float32)

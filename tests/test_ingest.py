@@ -731,3 +731,13 @@ def test_ingest_writes_the_mined_pairs_and_indexes_atlas_labels_in_both_language
     # 'квантование' is nowhere in the atlas: its English label 'quantization' is found by the Russian word
     hits = KeywordIndex(corpus_index.data_dir / "bm25").load().search("квантование", 10)
     assert any(cid.startswith("atlas:") for cid, _ in hits)
+
+
+def test_index_status_calls_a_fresh_corpus_index_fresh(corpus_index):
+    """The atlas's fingerprint includes the hand glossary (its chunks carry the translations); index_status must
+    compute it the same way as ingest, or a fresh index reads as stale forever and every start re-checks it."""
+    from ingest.status import index_status
+
+    status = index_status(corpus_index)
+    assert not status["stale"], status
+    assert status["documents"] > 0

@@ -66,3 +66,31 @@ def test_quotes_of_the_evolution_tree_carry_no_glyphs(retriever, embedder):
     quote = grounder.extractive(3)
     assert "├" not in quote and "└" not in quote
     assert "LoRA / QLoRA" in quote
+
+
+def test_an_ingest_in_another_process_does_not_break_the_servers_reads(corpus_index, embedder, tmp_path):
+    """Chroma's local client keeps a per-process view: after `ftatlas ingest` in another process wrote, reading
+    documents and embeddings failed with 'Error finding id' (every chat and retrieve a 500, found by
+    `ftatlas bench reliability`). The retriever reopens the collection and sees the new document."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from serve.bench_server import child_env
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus_index.data_dir, data, ignore=shutil.ignore_patterns("index.lock"))
+    settings = corpus_index.model_copy(update={"ingest": corpus_index.ingest.model_copy(update={"data_dir": data})})
+    r = Retriever(settings, embedder=embedder)
+    assert r.retrieve("What does QLoRA quantize?")
+    note = tmp_path / "notes" / "okapi.md"
+    note.parent.mkdir()
+    note.write_text("# Okapi adapters\n\nThe okapi adapter freezes every layer but the zebra head.\n")
+    env = child_env(settings, data, 0)
+    subprocess.run([sys.executable, "-m", "ftatlas.cli", "ingest", "--quiet", str(note.parent)], cwd=REPO, env=env,
+                   check=True, timeout=300, capture_output=True)
+    hits = r.retrieve("okapi adapter zebra head")
+    assert hits and hits[0].title == "Okapi adapters", [h.title for h in hits]
+    assert os.environ.get("FTATLAS_INGEST__DATA_DIR") is None  # the child's settings went by its environment only
