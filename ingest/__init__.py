@@ -1,6 +1,6 @@
 """Documents -> repaired text -> chunks -> embeddings -> Chroma + BM25. The public surface of the ingest room."""
 
-from .errors import DocumentError, FetchError, IngestError, UploadError, UploadTooLarge
+from .errors import DocumentError, FetchError, IndexBusy, IngestError, UploadError, UploadTooLarge
 from .fetch import fetch_papers
 from .pipeline import Summary, delete_document, ingest
 from .sources import shown_path
@@ -16,5 +16,5 @@ def list_documents(settings) -> dict[str, dict]:
     return {k: {**d, "path": shown_path(settings, d.get("path", ""))} for k, d in docs.items()}
 
 
-__all__ = ["DocumentError", "FetchError", "IngestError", "Summary", "UploadError", "UploadTooLarge", "add_upload",
+__all__ = ["DocumentError", "FetchError", "IndexBusy", "IngestError", "Summary", "UploadError", "UploadTooLarge", "add_upload",
            "delete_document", "fetch_papers", "ingest", "list_documents"]

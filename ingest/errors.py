@@ -18,6 +18,10 @@ class FetchError(IngestError):
     """Downloading the papers' PDFs failed (offline, timeout, bad response)."""
 
 
+class IndexBusy(IngestError):
+    """Another ingest or delete held the index lock past ingest.lock_timeout_s; trying again later can succeed."""
+
+
 class UploadError(IngestError):
     """An uploaded file cannot be taken: a name that is no file name, an unsupported type, or bad content."""
 

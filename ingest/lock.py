@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import IngestError
+from .errors import IndexBusy
 
 _local = threading.local()  # the lock files this thread holds: nested calls (upload -> ingest) do not wait on themselves
 
@@ -22,7 +22,7 @@ def _say(message: str) -> None:
 @contextmanager
 def index_lock(settings, notify=_say, poll_s: float = 0.2):
     """Hold <data_dir>/index.lock; another process (or thread) that holds it makes this wait, saying so, up to
-    ingest.lock_timeout_s, then raise IngestError. The lock dies with its process, so a killed ingest frees it."""
+    ingest.lock_timeout_s, then raise IndexBusy. The lock dies with its process, so a killed ingest frees it."""
     path = settings.data_dir / "index.lock"
     held: set = _local.__dict__.setdefault("held", set())
     if str(path) in held:
@@ -61,7 +61,7 @@ def _acquire(fd: int, path: Path, timeout_s: float, notify, poll_s: float) -> No
             return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                raise IngestError(f"gave up after {timeout_s:g} s waiting for {path}, held by another ingest or "
+                raise IndexBusy(f"gave up after {timeout_s:g} s waiting for {path}, held by another ingest or "
                                   f"delete{holder} (ingest.lock_timeout_s)") from None
 
 

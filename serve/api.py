@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import KeyGate, add_login, bearer, key_matches
 from .doors import BodyLimit, OriginCheck
-from .errors import BadRequest, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
+from .errors import BadRequest, Busy, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
 from .rag import RagEngine
 
 
@@ -230,10 +230,12 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
     @app.post("/v1/documents", dependencies=auth)
     def upload(rag: Rag, file: UploadFile = File(...)):
-        from ingest import UploadError, UploadTooLarge, add_upload
+        from ingest import IndexBusy, UploadError, UploadTooLarge, add_upload
 
         try:
             summary = add_upload(settings, file.filename or "", file.file, settings.serve.max_upload_mb, embedder=rag.embedder)
+        except IndexBusy as e:
+            raise Busy(str(e), BUSY_RETRY_S) from e
         except UploadTooLarge as e:
             raise TooLarge(str(e)) from e
         except UploadError as e:
@@ -242,10 +244,12 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
     @app.delete("/v1/documents/{doc_id}", dependencies=auth)
     def delete(doc_id: str, rag: Rag):
-        from ingest import IngestError, delete_document
+        from ingest import IndexBusy, IngestError, delete_document
 
         try:
             keys = delete_document(settings, doc_id)
+        except IndexBusy as e:
+            raise Busy(str(e), BUSY_RETRY_S) from e
         except IngestError as e:
             return JSONResponse(error_body(str(e), "invalid_request_error", "document_not_found"), 404)
         return {"deleted": keys}
@@ -269,6 +273,7 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
 
 DISCONNECT_POLL_S = 0.5
+BUSY_RETRY_S = 5  # Retry-After when the index stayed locked past ingest.lock_timeout_s
 
 
 async def _unless_disconnected(request: Request, cancel: threading.Event, work) -> Any:

@@ -57,6 +57,16 @@ class QueueFull(ServeError):
         self.retry_after_s = retry_after_s
 
 
+class Busy(ServeError):
+    """The index is locked by another ingest or delete for longer than ingest.lock_timeout_s: a deliberate 503."""
+
+    status, code, type = 503, "index_busy", "server_error"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ClientGone(ServeError):
     """The caller disconnected before its turn: nothing is generated for it."""
 

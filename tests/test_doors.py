@@ -281,3 +281,23 @@ def test_ui_uploads_are_stored_under_the_data_folder_like_api_uploads(tmp_path, 
         assert b"rank 16" in (settings.data_dir / "uploads" / "ui-notes.md").read_bytes()
     finally:
         server.stop()
+
+
+def test_an_upload_or_delete_that_waits_out_the_index_lock_is_a_503_with_retry_after(tmp_path, embedder):
+    import fcntl
+
+    from serve import RagEngine, create_app
+
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text("documents: []\n", encoding="utf-8")
+    settings = make_settings(tmp_path / "data", ingest={"manifest": str(manifest), "lock_timeout_s": 0.5})
+    c = TestClient(create_app(settings, rag=RagEngine(settings, embedder=embedder), start=False, embedder=embedder,
+                              ui=False), base_url=BASE, raise_server_exceptions=False)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.data_dir / "index.lock", "w") as held:  # another ingest holds the index
+        fcntl.flock(held, fcntl.LOCK_EX)
+        up, gone = upload(c, "notes.md"), c.delete("/v1/documents/notes")
+    for r in (up, gone):  # not a 500, nor "document not found": busy, try again
+        assert is_openai_error(r, 503, "index_busy") and r.headers["Retry-After"] == "5"
+        assert "lock_timeout_s" in r.json()["error"]["message"]
+    assert upload(c, "notes.md").status_code == 200  # and once the lock is free the same upload lands
