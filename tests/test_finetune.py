@@ -938,6 +938,7 @@ def test_shipping_a_run_copies_its_adapter_with_a_card_and_refuses_oversized_fil
 
     run = tmp_path / "runs" / "r1"
     shutil.copytree(smol_shaped_adapter, run / "adapter")
+    (run / "adapter" / "lora.gguf").unlink(missing_ok=True)  # another test may have converted the shared fixture
     (run / "run.json").write_text(json.dumps({
         "run_id": "r1", "base_model": BUNDLED_ID, "base_sha256": "abc", "data_hash": "d1", "steps": 40,
         "train_seconds": 1200.0, "stopped_by_budget": False, "train_loss": 1.1, "eval_loss": 1.3}))
