@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 
 BEGIN, END, ANSWER = "##begin_quote##", "##end_quote##", "<ANSWER>:"
+# The marker as a small tuned model writes it, misspelt ones too: '<ANSWER>:', '[<ANSWER]:', '<ANSWER>'.
+_ANSWER = re.compile(r"\[?<ANSWER\]?>?\]?:?")
 _QUOTE = re.compile(re.escape(BEGIN) + r"\s*(.*?)\s*" + re.escape(END) + r"\s*(?:\[(\d+)\])?", re.S)
 
 
@@ -40,21 +42,21 @@ def parse_answer(text: str) -> tuple[list[Evidence], str]:
     Example: '##begin_quote## A is B. ##end_quote## [1]\\n<ANSWER>: A is B [1].' -> ([Evidence(1, 'A is B.')], 'A is B [1].')
     """
     quotes = [Evidence(int(m.group(2)) if m.group(2) else None, m.group(1).strip()) for m in _QUOTE.finditer(text)]
-    head, marker, tail = text.partition(ANSWER)
+    parts = _ANSWER.split(text)
     # Quotes are never answer text, wherever the model wrote them; nor is an unfinished one (generation cut inside it).
     # A second marker means the model started over (a small model loops): the answer is what came before it.
-    answer = _QUOTE.sub("", tail.split(ANSWER)[0] if marker else head).split(BEGIN)[0]
+    answer = _QUOTE.sub("", parts[1] if len(parts) > 1 else parts[0]).split(BEGIN)[0]
     return quotes, answer.strip()
 
 
 def answer_started(text: str) -> bool:
     """Whether streaming has reached the answer part: the marker has been written (the quotes come before it)."""
-    return ANSWER in text
+    return _ANSWER.search(text) is not None
 
 
 def answer_repeated(text: str) -> bool:
     """Whether the model has begun a second answer: generation can stop, the first one is all that is read."""
-    return text.count(ANSWER) > 1
+    return len(_ANSWER.findall(text)) > 1
 
 
 def quote_holds(quote: str, passage_text: str) -> bool:

@@ -106,6 +106,15 @@ def test_a_second_answer_marker_ends_the_answer_and_the_generation(rag):
     assert engine.pulled < engine.pieces / 2, "the loop after the second marker was not generated"
 
 
+def test_a_misspelt_answer_marker_never_reaches_the_content():
+    from serve.evidence import parse_answer
+
+    # written by the 20-minute Gemma adapter (dev q013): the marker misspelt, then the answer started over
+    said = "[1] - Each layer gets its own learning rate. [<ANSWER]: [1] - Each layer gets its own learning rate."
+    assert parse_answer(said) == ([], "[1] - Each layer gets its own learning rate.")
+    assert parse_answer("<ANSWER> LoRA merges [2].") == ([], "LoRA merges [2].")
+
+
 def test_an_unsupported_opening_stops_the_generation_at_once(rag):
     reply = MADE_UP + " " + " ".join(["And", "so", "on", "for", "a", "long", "while."] * 10)
     engine = Recording(reply)
