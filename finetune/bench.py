@@ -91,7 +91,7 @@ def run_bench(settings, bases: list[str], steps: int = 3, data: Path | None = No
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"steps": steps, "batch_size": settings.finetune.batch_size,
-                                   "max_seq_len": settings.finetune.max_seq_len, "data": str(data),
+                                   "max_seq_len": settings.finetune.max_seq_len, "data": settings.relative(data),
                                    "rows": [asdict(r) for r in rows]}, indent=2))
     return table(rows)
 

@@ -204,8 +204,10 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
 
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now().isoformat(timespec="seconds")
-    info = {"run_id": run_id, "base_model": base.id, "base_path": base.path, "base_sha256": base.sha256,
-            "data": str(data), "data_hash": digest, "started": started, "resumed_from": checkpoint}
+    shown = settings.relative  # run.json is a record kept beside the project: no machine's absolute paths
+    info = {"run_id": run_id, "base_model": base.id, "base_path": shown(base.path), "base_sha256": base.sha256,
+            "data": shown(data), "data_hash": digest, "started": started,
+            "resumed_from": shown(checkpoint) if checkpoint else None}
     record.write_text(json.dumps(info, indent=2))
     from .callbacks import StepTimer, TimeBudget
 
@@ -239,7 +241,7 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     eval_losses = [r["eval_loss"] for r in history if "eval_loss" in r]  # the last step is always evaluated
     result = RunResult(run_id, run_dir, adapter, gguf_path, trainer.state.global_step, seconds, timer.s_per_step,
                        budget.stopped, train_losses[-1] if train_losses else None, eval_losses[-1] if eval_losses else None)
-    record.write_text(json.dumps({**info, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
+    record.write_text(json.dumps({**info, **{k: shown(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
                                   "finished": datetime.now().isoformat(timespec="seconds"),
                                   "versions": _versions()}, indent=2))
     _point_latest(runs, run_id, "latest")

@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         p = Path(p)
         return p if p.is_absolute() else (self.root / p).resolve()
 
+    def relative(self, p: Path | str) -> str:
+        """A path as records written into the project show it: relative to the project root when under it; a
+        relative path or hub id as given. Example: <root>/data/finetune -> 'data/finetune'; /elsewhere/x unchanged."""
+        p, root = Path(p), self.root.resolve()
+        return str(p.resolve().relative_to(root)) if p.is_absolute() and p.resolve().is_relative_to(root) else str(p)
+
     @property
     def data_dir(self) -> Path:
         return self.path(self.ingest.data_dir)

@@ -567,6 +567,8 @@ def test_train_run_stops_on_budget_saves_adapter_and_resumes(tiny_settings, buil
     from transformers import AutoModelForCausalLM
 
     data = built[0]
+    # the project root above the runs, the data and the base, as in a checkout (paths in records are shown from it)
+    tiny_settings = tiny_settings.model_copy(update={"root": tiny_settings.path(tiny_settings.finetune.runs_dir).parent})
     first = train(tiny_settings, data, run_id="budget", max_minutes=1e-4, progress=False, echo=lambda s: None)
     assert first.stopped_by_budget and first.steps == 1
     run = first.run_dir
@@ -577,6 +579,10 @@ def test_train_run_stops_on_budget_saves_adapter_and_resumes(tiny_settings, buil
     record = json.loads((run / "run.json").read_text())
     assert record["data_hash"] == data_hash(data) and record["base_model"] == str(tiny_base)
     assert record["base_sha256"] and record["stopped_by_budget"] is True
+    # a record kept in the project names its paths from the project root, never this machine's absolute path
+    assert record["run_dir"] == f"{run.parent.name}/budget" and tiny_settings.path(record["run_dir"]) == run.resolve()
+    root = str(tiny_settings.root.resolve())
+    assert not any(str(record[k]).startswith(root) for k in ("run_dir", "adapter", "data", "base_path")), record
     assert json.loads((run / "train_config.json").read_text())["finetune"]["lora_r"] == 4
     with pytest.raises(FinetuneError, match="--resume"):
         train(tiny_settings, data, run_id="budget", progress=False, echo=lambda s: None)
