@@ -104,10 +104,9 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
                 if judged.doomed():
                     stopped = True
                     break
-            if answer_repeated(raw):  # what follows a second <ANSWER>: is a loop, never read: the first one is whole
-                yield from let_through(split_generated(parse_answer(raw)[1])[done:])
-                break
-        else:
+            if answer_repeated(raw):
+                break  # what follows a second <ANSWER>: is a loop, never read: the first answer is whole
+        if not stopped:  # the last sentence had nothing after it to show it was finished
             yield from let_through(split_generated(parse_answer(raw)[1])[done:])
     finally:
         close = getattr(stream, "close", None)

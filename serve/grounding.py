@@ -149,52 +149,49 @@ class Grounder:
         cited = {int(c) for c in _CITE.findall(sentence)}
         pool = [s for s in self.sentences if not cited or s.n in cited] or self.sentences
         clean = _CITE.sub("", sentence).strip()
-        views = self._views(clean)
-        if not pool or not views[False][0]:
+        own = set(tokenize(clean))
+        if not pool or not own:
             return False, 0, 0.0
+        # A Russian sentence meets an English passage sentence through its English view (never its Russian words).
+        russian = self.translate is not None and is_russian(clean)
+        views = {False: (own, self.embedder.encode([clean])[0]),
+                 True: self._english_view(clean) if russian and any(not s.russian for s in pool) else None}
+
+        def across(s: Sentence) -> bool:
+            return russian and not s.russian
 
         def score(s: Sentence) -> float:
-            toks, vec = views[s.russian]
-            if not toks:
-                return 0.0
-            return overlap(toks, s.tokens) if views[s.russian] is not views[True] else max(overlap(toks, s.tokens),
-                                                                                         float(s.vec @ vec))
+            toks, vec = views[across(s)]
+            # Across languages the English-only embedder cannot judge meaning: only the shared terms count.
+            return overlap(toks, s.tokens) if across(s) else max(overlap(toks, s.tokens), float(s.vec @ vec))
 
         best = max(pool, key=score)
-        toks, vec = views[best.russian]
+        toks, vec = views[across(best)]
         ov, sim = overlap(toks, best.tokens), float(best.vec @ vec)
         # A figure the passage does not state is a hallucination, however similar the rest reads.
         numbers = {_decimal(t) for t in toks if t[0].isdigit()}
         passage_numbers = {_decimal(t) for s in pool if s.n == best.n for t in s.tokens if t[0].isdigit()}
         # It must state something the passage states beyond the question's own words (an echo says nothing).
         # (Across languages the question's words are its English glossary terms, which the search query holds.)
-        asked = self.question_tokens if views[best.russian] is views[True] else self.question_tokens | self.qtokens
+        asked = self.question_tokens | self.qtokens if across(best) else self.question_tokens
         novel = (toks - asked) & best.tokens
         if numbers - passage_numbers or len(toks & best.tokens) < MIN_SHARED_TOKENS or len(novel) < 2:
             return False, best.n, 0.0
         if top is not None and self.rank.get(id(best), top) >= top:
             return False, best.n, 0.0
-        if views[best.russian] is not views[True]:
+        if across(best):
             # Across languages the English-only embedder cannot judge meaning (a bag of glossary terms against an
             # English sentence scores about 0.4 even when it says the same): the terms and figures must carry it.
             return ov >= min_overlap, best.n, ov
         return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
 
-    def _views(self, clean: str) -> dict[bool, tuple[set[str], np.ndarray]]:
-        """The sentence as it is compared with Russian (True) and English (False) passage sentences: a Russian
-        sentence meets an English one through its Latin terms, figures and English glossary terms, never its
-        Russian words, which an English sentence cannot share.
-
-        Example: 'Обучаются только смещения (bias) [1].' -> English view tokens {'bias', 'only', 'trained', ...}.
-        """
-        toks = set(tokenize(clean))
-        same = (toks, self.embedder.encode([clean])[0] if toks else None)
-        if not (self.translate and is_russian(clean)):
-            return {True: same, False: same}
+    def _english_view(self, clean: str) -> tuple[set[str], np.ndarray]:
+        """A Russian sentence as an English sentence can share it: its Latin terms, its figures (decimal comma as a
+        point) and its English glossary terms. Example: 'Обучаются только смещения (bias), 0,1%.' -> {'bias', '0.1',
+        'trainable', ...}."""
         latin = re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", clean))
         english = " ".join(dict.fromkeys(latin + self.translate(clean).split()))
-        en_toks = set(tokenize(english))
-        return {True: same, False: (en_toks, self.embedder.encode([english])[0] if en_toks else None)}
+        return set(tokenize(english)), self.embedder.encode([english or clean])[0]
 
     def extractive(self, k: int = 2, within: float | None = None) -> str:
         """Quote the k passage sentences that best answer the question, each with its [n]; with `within`, only
