@@ -254,6 +254,18 @@ def bench_train(settings: Settings, bases, steps, data, out) -> None:
     click.echo(run_bench(settings, names, steps, data, settings.path(out), echo=click.echo))
 
 
+@bench.command("grounding")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(1), help="Training questions to use.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports/bench-grounding.json"), show_default=True)
+@pass_settings
+@friendly
+def bench_grounding(settings: Settings, limit, out) -> None:
+    """The answer check on training questions: reference answers it passes, wrong answers it stops, per language."""
+    from evals.grounding_bench import run_bench
+
+    click.echo(run_bench(settings, limit, settings.path(out)))
+
+
 @bench.command("serve")
 @click.option("--url", default=None, help="A running server; default: start one in-process (also measures llama.cpp direct).")
 @click.option("--seconds", default=60.0, show_default=True, help="Duration of the concurrent-clients phase.")
@@ -380,8 +392,9 @@ def serve(settings: Settings, engine, model, base_url, host, port) -> None:
 
 @cli.command()
 @click.argument("question")
-@click.option("--mode", default="atlas-rag", show_default=True,
-              help="atlas-rag, atlas-base, atlas-rag-lora or atlas-rag-lora-<base> (llm.adapters).")
+@click.option("--mode", default=None,
+              help="atlas-rag, atlas-base, atlas-rag-lora or atlas-rag-lora-<base> (llm.adapters); default: "
+                   "serve.default_model, or atlas-rag when its adapter does not load.")
 @click.option("--engine", type=click.Choice(["llamacpp", "openai", "vllm", "transformers"]), default=None)
 @click.option("--max-tokens", type=int, default=None)
 @click.option("--history", "history_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -400,9 +413,14 @@ def ask(settings: Settings, question: str, mode: str, engine, max_tokens, histor
     run_ingest(settings, progress=False)
     rag = RagEngine(settings)
     try:
-        if mode.startswith("atlas-rag-lora"):
+        chosen = mode or settings.serve.default_model
+        if chosen.startswith("atlas-rag-lora"):
             rag.load_adapter()
-        out = rag.complete(mode, history + [{"role": "user", "content": question}], max_tokens=max_tokens)
+        if mode is None and chosen not in rag.models():
+            why = rag.adapter_errors.get(chosen, "not configured")
+            click.echo(f"note: the default model {chosen} is not served ({why}); answering with atlas-rag", err=True)
+            chosen = "atlas-rag"
+        out = rag.complete(chosen, history + [{"role": "user", "content": question}], max_tokens=max_tokens)
     finally:
         rag.close()
     click.echo(out["choices"][0]["message"]["content"])

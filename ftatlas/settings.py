@@ -103,6 +103,9 @@ class ServeSettings(BaseModel):
                            "with Retry-After.")
     max_active: int = Field(1, ge=1, description="Generations at once (1 for an in-process model; more for a remote "
                             "vLLM that batches).")
+    default_model: str = Field("atlas-rag", description="The model the UI and `ftatlas ask` offer first: the best "
+                               "measured in reports/latest (a test holds settings.yaml to it); atlas-rag when it is "
+                               "not served.")
 
     @field_validator("api_keys")
     @classmethod
@@ -203,10 +206,16 @@ def find_root(start: Path | None = None) -> Path:
 
 
 def deep_merge(base: dict, over: dict) -> dict:
-    """Merge nested dicts, `over` winning. Example: {'a': {'x': 1, 'y': 2}} + {'a': {'y': 3}} -> {'a': {'x': 1, 'y': 3}}."""
+    """Merge nested dicts, `over` winning; a None in `over` drops the key, so the field's default applies again.
+
+    Example: {'a': {'x': 1, 'y': 2}} + {'a': {'y': 3}} -> {'a': {'x': 1, 'y': 3}}; {'a': {'x': 1}} + {'a': None} -> {}.
+    """
     out = dict(base)
     for k, v in (over or {}).items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .auth import KeyGate, add_login, bearer, key_matches
 from .doors import BodyLimit, OriginCheck
 from .errors import BadRequest, Busy, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
+from .models import offered
 from .rag import RagEngine
 
 
@@ -180,7 +181,9 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
 
     @app.get("/v1/models", dependencies=auth)
     def models(rag: Rag):
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "ftatlas"} for m in rag.models()]}
+        # The best measured model first: clients that take the first listed model get it.
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "ftatlas"}
+                                           for m in offered(settings, rag.models())]}
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat(req: ChatRequest, request: Request, rag: Rag):

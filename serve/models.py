@@ -50,3 +50,13 @@ def configured(settings) -> dict[str, ModelSpec]:
         return MODELS | adapter_specs(settings.llm)
     except EngineUnavailable:
         return dict(MODELS)
+
+
+def offered(settings, models: list[str]) -> list[str]:
+    """The models in the order the UI offers them: serve.default_model (the best measured) first when it is served.
+
+    Example: default 'atlas-rag-lora-gemma3', ['atlas-rag', 'atlas-base', 'atlas-rag-lora-gemma3'] ->
+    ['atlas-rag-lora-gemma3', 'atlas-rag', 'atlas-base'].
+    """
+    first = settings.serve.default_model
+    return [first] + [m for m in models if m != first] if first in models else list(models)

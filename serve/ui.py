@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from .models import configured
+from .models import configured, offered
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -124,13 +124,13 @@ def mount_ui(app, state):
 
     atlas = settings.path("corpus/atlas.md")
     report = settings.path(settings.evals.reports_dir) / "latest" / "report.md"
-    models = list(configured(settings))
+    models = offered(settings, list(configured(settings)))
 
     with gr.Blocks(title="ftatlas") as ui:
         gr.Markdown("# ftatlas — ask the Fine-Tuning Atlas\nAnswers cite their sources as [n]; the sources are listed under the chat.")
         with gr.Tab("Chat"):
             with gr.Row():
-                mode = gr.Dropdown(models, value="atlas-rag", label="Mode", elem_id="mode")
+                mode = gr.Dropdown(models, value=models[0], label="Mode", elem_id="mode")
                 top_k = gr.Slider(1, 10, value=settings.retrieval.top_k, step=1, label="Top-k passages", elem_id="top-k")
                 temperature = gr.Slider(0, 1.5, value=settings.llm.temperature, step=0.05, label="Temperature")
             chat = gr.Chatbot(label="Answer", elem_id="chat", height=360)

@@ -204,6 +204,16 @@ def test_ask_answers_a_follow_up_from_a_history_file(corpus_index, tmp_path):
     assert sources.strip().startswith("[") and "QLoRA" in sources.splitlines()[1]
 
 
+def test_ask_falls_back_to_atlas_rag_when_the_default_model_is_not_served(corpus_index, monkeypatch):
+    monkeypatch.setenv("FTATLAS_SERVE__DEFAULT_MODEL", "atlas-rag-lora-gemma3")  # the test profile serves no adapter
+    result = cli(corpus_index, "ask", "What is QLoRA?")
+    assert result.exit_code == 0, result.output
+    assert "the default model atlas-rag-lora-gemma3 is not served" in result.output and "Sources:" in result.output
+    # Named explicitly, the same model is an error, not a silent substitute.
+    named = cli(corpus_index, "ask", "What is QLoRA?", "--mode", "atlas-rag-lora-gemma3")
+    assert named.exit_code == 1 and "atlas-rag-lora-gemma3" in named.output
+
+
 @pytest.mark.parametrize("content, fragment", [
     (None, "cannot read"),
     ("{not json", "not valid JSON"),

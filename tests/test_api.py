@@ -45,6 +45,18 @@ def test_health_ok_and_models(client):
     assert ids == ["atlas-rag", "atlas-base"]  # no adapter configured: no atlas-rag-lora
 
 
+def test_models_list_the_best_measured_model_first(corpus_index, rag, embedder):
+    from serve import create_app
+    from serve.models import offered
+
+    first = corpus_index.model_copy(update={"serve": corpus_index.serve.model_copy(update={"default_model": "atlas-base"})})
+    with TestClient(create_app(first, rag=rag, start=False, embedder=embedder, ui=False)) as c:
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == ["atlas-base", "atlas-rag"]
+    # A default that is not served (its adapter did not load) changes nothing.
+    unserved = corpus_index.model_copy(update={"serve": corpus_index.serve.model_copy(update={"default_model": "atlas-rag-lora-x"})})
+    assert offered(unserved, ["atlas-rag", "atlas-base"]) == ["atlas-rag", "atlas-base"]
+
+
 def test_completion_carries_the_sources_contract(client):
     r = ask(client, "How much GPU memory did QLoRA need to fine-tune a 65B model?")
     assert r.status_code == 200, r.text

@@ -72,6 +72,15 @@ def test_malformed_profile_raises(tmp_path):
         load_settings("list", root=tmp_path)
 
 
+def test_null_in_a_profile_restores_the_fields_default(tmp_path):
+    # settings.yaml serves the shipped adapter; the test profile must be able to serve none (`adapters: null`).
+    (tmp_path / "settings.yaml").write_text("llm:\n  adapters:\n    gemma3: adapters/gemma3\n  n_ctx: 2048\n")
+    (tmp_path / "settings-bare.yaml").write_text("llm:\n  adapters: null\n")
+    assert load_settings(None, root=tmp_path).llm.adapters == {"gemma3": Path("adapters/gemma3")}
+    bare = load_settings("bare", root=tmp_path)
+    assert bare.llm.adapters == {} and bare.llm.n_ctx == 2048
+
+
 def test_relative_paths_resolve_against_root(tmp_path):
     shutil.copy(REPO / "settings.yaml", tmp_path / "settings.yaml")
     s = load_settings(None, root=tmp_path)
