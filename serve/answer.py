@@ -46,6 +46,8 @@ class Judged:
     total: int = 0
     said_no: bool = False
     emitted: bool = False
+    quotes: dict[int, list[str]] = field(default_factory=dict)  # passage n -> the model's verified quotes from it
+    quote_backed: int = 0  # sentences that stood on those quotes (Russian over English passages)
 
     def sentence(self, text: str) -> str | None:
         """The sentence as it may be shown (with its [n]), or None when it fails the check or declines."""
@@ -57,6 +59,9 @@ class Judged:
         llm = self.llm
         ok, n, score = self.grounder.support(text, llm.grounding_overlap, llm.grounding_similarity,
                                              llm.grounding_top_sentences)
+        if not ok and self.quotes:
+            ok, n = self.grounder.backed_by_quotes(text, self.quotes, llm.grounding_top_sentences)
+            self.quote_backed += ok
         if not ok:
             return None
         self.supported.append(score)
@@ -78,7 +83,8 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
 
     Quotes (`##begin_quote## … ##end_quote## [n]`) are held back and checked verbatim against their passage; the
     generation is closed as soon as `Judged.doomed()`, and the passages are quoted instead. `verdict` is filled at the
-    end: mode, supported share, evidence, evidence_dropped, stopped_early.
+    end: mode, supported share, evidence, evidence_dropped, stopped_early, quote_backed (sentences that stood on
+    verified quotes).
     """
     judged = Judged(grounder, llm)
     raw, done, marked, stopped = "", 0, False, False
@@ -97,6 +103,8 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
             raw += delta
             if not marked and answer_started(raw):
                 marked, done = True, 0  # the answer proper starts here; text before the marker was quotes
+                for e in checked_evidence(parse_answer(raw)[0], passages)[0]:
+                    judged.quotes.setdefault(e.index, []).append(e.text)
             parts = split_generated(parse_answer(raw)[1])
             if len(parts) - 1 > done and not _CITES_ONLY.fullmatch(parts[-1]):
                 yield from let_through(parts[done:-1])
@@ -113,7 +121,8 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
         if close:
             close()  # a generator engine stops generating here, not at max_tokens
     evidence, dropped = checked_evidence(parse_answer(raw)[0], passages)
-    found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": stopped}
+    found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": stopped,
+             "quote_backed": judged.quote_backed}
     # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
     if not judged.emitted and judged.said_no and grounder.best_relevance() < llm.model_refusal_below:
         verdict.update(mode="refused", supported=0.0, **found)

@@ -37,6 +37,12 @@ def _decimal(number: str) -> str:
     return number.replace(",", ".")
 
 
+def _latin(text: str) -> list[str]:
+    """The Latin-script terms and the figures of a (Russian) sentence, a decimal comma as a point.
+    Example: 'Обучаются смещения (bias), 0,1% у BERT.' -> ['bias', '0.1', 'BERT.'] (tokenize drops the point)."""
+    return re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", text))
+
+
 def overlap(a: set[str], b: set[str]) -> float:
     """Share of a's tokens found in b. Example: ({'lora', 'rank'}, {'lora'}) -> 0.5."""
     return len(a & b) / len(a) if a else 0.0
@@ -185,11 +191,35 @@ class Grounder:
             return ov >= min_overlap, best.n, ov
         return (ov >= min_overlap and sim >= min_similarity), best.n, min(ov, sim)
 
+    def backed_by_quotes(self, sentence: str, quotes: dict[int, list[str]], top: int | None = None) -> tuple[bool, int]:
+        """(stands, passage n) for a Russian sentence over English passages, which the English-only check reads only
+        through its terms: it stands on the model's verified quotes when it cites only quoted passages, a quote from
+        each restates one of the `top` sentences that best answer the question, and it states no figure or Latin
+        term those passages lack. The quotes are shown with the answer, so the reader sees what it rests on.
+
+        Example: 'Обучаются только смещения (bias) [2].' with the verified quote 'BitFit trains only the bias terms.'
+        from [2] (a top sentence) -> (True, 2); the same sentence with 'GPT-3' in it, or citing an unquoted [3] -> (False, 0).
+        """
+        cited = {int(c) for c in _CITE.findall(sentence)}
+        clean = _CITE.sub("", sentence).strip()
+        if not cited or not cited <= set(quotes) or self.translate is None or not is_russian(clean):
+            return False, 0
+        norm = lambda t: " ".join(t.split())  # noqa: E731
+        for n in cited:
+            said = [norm(q) for q in quotes[n]]
+            if not any((top is None or self.rank.get(id(s), top) < top) and any(norm(s.text) in q or q in norm(s.text)
+                                                                                  for q in said)
+                       for s in self.sentences if s.n == n):
+                return False, 0
+        theirs = {_decimal(t) for s in self.sentences if s.n in cited for t in s.tokens}
+        stated = {_decimal(t) for t in tokenize(" ".join(_latin(clean)))}
+        return not (stated - theirs), min(cited)
+
     def _english_view(self, clean: str) -> tuple[set[str], np.ndarray]:
         """A Russian sentence as an English sentence can share it: its Latin terms, its figures (decimal comma as a
         point) and its English glossary terms. Example: 'Обучаются только смещения (bias), 0,1%.' -> {'bias', '0.1',
         'trainable', ...}."""
-        latin = re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", clean))
+        latin = _latin(clean)
         english = " ".join(dict.fromkeys(latin + self.translate(clean).split()))
         return set(tokenize(english)), self.embedder.encode([english or clean])[0]
 

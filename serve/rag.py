@@ -21,7 +21,7 @@ from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
 
 STOP = ["\n\n\n", "Question:", "Passages:", "<|im_end|>"]
 EXTRACTIVE_LEAD = {"en": "", "ru": "Из источников: "}
-NO_EVIDENCE = {"evidence": [], "evidence_dropped": 0, "stopped_early": False}  # answers the model did not write
+NO_EVIDENCE = {"evidence": [], "evidence_dropped": 0, "stopped_early": False, "quote_backed": 0}  # answers the model did not write
 
 
 @dataclass

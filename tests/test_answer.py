@@ -80,6 +80,35 @@ def test_quotes_become_evidence_and_the_content_is_the_answer_alone(rag):
     assert g["evidence_dropped"] == 1, "the made-up quote is dropped and counted"
 
 
+RU_Q = "Сколько памяти GPU понадобилось QLoRA для дообучения модели на 65B параметров?"
+
+
+@pytest.mark.parametrize("quoted, extra, cite_other, mode", [
+    (True, "", False, "generated"),        # the quote it rests on holds: the Russian sentence stands
+    (False, "", False, "extractive"),      # no quote: the English-only check cannot read it, so it falls back
+    (True, " на 999 ГБ", False, "extractive"),  # a figure the quoted passage does not state
+    (True, " в GPT-9", False, "extractive"),    # a Latin term the quoted passage does not state
+    (True, "", True, "extractive"),         # it cites a passage it quoted nothing from
+])
+def test_a_russian_sentence_over_english_passages_stands_on_its_verified_quote(rag, quoted, extra, cite_other, mode):
+    from serve.evidence import format_answer, quote_holds
+
+    prep = rag.prepare("atlas-rag", [{"role": "user", "content": RU_Q}])
+    top = rag.settings.llm.grounding_top_sentences
+    best = next(s for s in prep.grounder.ranked[:top] if not s.russian and quote_holds(s.text, prep.passages[s.n - 1].text))
+    n = next(i for i in range(1, len(prep.passages) + 1) if i != best.n) if cite_other else best.n
+    answer = f"Хватило одной видеокарты{extra} [{n}]."  # no term the English view could share: only the quote backs it
+    reply = format_answer([(best.n, best.text)] if quoted else [], answer)
+    out = scripted_rag(rag, reply, generate_languages=["en", "ru"]).complete(
+        "atlas-rag", [{"role": "user", "content": RU_Q}], max_tokens=256)
+    g = out["grounding"]
+    assert g["mode"] == mode, (reply, out["choices"][0]["message"]["content"])
+    assert g["quote_backed"] == (mode == "generated")
+    if mode == "generated":
+        assert out["choices"][0]["message"]["content"] == answer
+        assert g["evidence"] == [{"index": best.n, "text": best.text}]
+
+
 def test_a_passing_sentence_streams_before_the_generation_ends_and_quotes_never_stream(rag):
     tail = " " + " ".join(["It", "then", "rambles", "on", "about", "nothing", "in", "particular."] * 6)
     reply, best = raft_reply(rag, tail=tail)

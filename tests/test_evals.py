@@ -603,3 +603,18 @@ def test_a_lora_eval_names_its_training_run_and_is_recorded_in_it(tmp_path):
     other = tmp_path / "elsewhere"
     other.mkdir()
     assert adapter_note(other) == f"atlas-rag-lora: adapter {other}" and record_in_run(other, tmp_path, records) is None
+
+
+def test_grounding_bench_passes_reference_answers_and_stops_other_questions_answers(corpus_index, embedder, tmp_path):
+    from evals.grounding_bench import KINDS, run_bench
+
+    text = run_bench(corpus_index, 8, tmp_path / "grounding.json", embedder=embedder)
+    record = json.loads((tmp_path / "grounding.json").read_text(encoding="utf-8"))
+    shares: dict[str, list[float]] = {}
+    for row in record["rows"]:
+        shares.setdefault(row["kind"], []).extend([row["generated_share"]] * row["n"])
+    assert set(shares) == set(KINDS) and "| en | reference |" in text
+    mean = {k: sum(v) / len(v) for k, v in shares.items()}
+    assert mean["reference"] > 0.25 > mean["other-answer"]  # a check that passed everything, or nothing, fails here
+    assert record["thresholds"]["grounding_overlap"] == corpus_index.llm.grounding_overlap
+
