@@ -19,9 +19,10 @@ RUN_FIELDS = ("run_id", "base_model", "base_sha256", "data_hash", "steps", "trai
 CARD_JSON, CARD_MD = "card.json", "README.md"
 
 
-def ship(run_dir: Path | str, to: Path | str) -> Path:
+def ship(run_dir: Path | str, to: Path | str, root: Path | None = None) -> Path:
     """Copy the run's adapter (peft weights, config and lora.gguf) and its card into `to`, replacing what was there
-    only once the new folder is whole; refuse files over MAX_FILE_MB or a folder over MAX_TOTAL_MB."""
+    only once the new folder is whole; refuse files over MAX_FILE_MB or a folder over MAX_TOTAL_MB. `root` resolves
+    the run's project-relative data folder (for the example count on the card)."""
     run_dir, to = Path(run_dir), Path(to)
     adapter = run_dir / "adapter"
     record = run_dir / "run.json"
@@ -35,7 +36,7 @@ def ship(run_dir: Path | str, to: Path | str) -> Path:
         raise AdapterError(f"{adapter}: {', '.join(too_big) or f'{sum(sizes.values()):.1f} MB in all'} is over the "
                            f"{MAX_FILE_MB:g} MB per file / {MAX_TOTAL_MB:g} MB per adapter a commit may carry; "
                            "train a smaller rank or fewer modules")
-    card = adapter_card(run_dir, sizes)
+    card = adapter_card(run_dir, sizes, root)
     tmp = to.with_name(f".{to.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -63,13 +64,26 @@ def shipped_folder(run_dir: Path | str) -> Path:
     return Path("adapters") / name
 
 
-def adapter_card(run_dir: Path, sizes: dict[str, float]) -> dict:
-    """What the shipped adapter is: the run's record, its training settings and, if measured, its eval rows."""
+def adapter_card(run_dir: Path, sizes: dict[str, float], root: Path | None = None) -> dict:
+    """What the shipped adapter is: the run's record, its training settings, the examples and epochs it saw and, if
+    measured, its eval rows."""
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     card = {k: run.get(k) for k in RUN_FIELDS}
     config = run_dir / "train_config.json"
+    batch = None
     if config.is_file():
-        card["finetune"] = json.loads(config.read_text(encoding="utf-8")).get("finetune")
+        recorded = json.loads(config.read_text(encoding="utf-8"))
+        # finetune.* is settings.yaml's; the command line chose the base and the steps, so the card says what ran.
+        card["finetune"] = {**(recorded.get("finetune") or {}), "base_model": run.get("base_model"),
+                            "max_steps": recorded.get("max_steps")}
+        batch = card["finetune"].get("batch_size", 0) * card["finetune"].get("grad_accum", 1)
+    data_card = Path(run.get("data") or "") / "data_card.json"
+    data_card = data_card if data_card.is_absolute() or root is None else Path(root) / data_card
+    if data_card.is_file():
+        data = json.loads(data_card.read_text(encoding="utf-8"))
+        if data.get("data_hash") == run.get("data_hash") and data.get("train"):
+            card["train_examples"] = data["train"]
+            card["epochs"] = round(run["steps"] * batch / data["train"], 2) if batch and run.get("steps") else None
     evaluated = run_dir / "eval.json"
     card["eval"] = json.loads(evaluated.read_text(encoding="utf-8")) if evaluated.is_file() else None
     card["files_mb"] = {n: round(mb, 2) for n, mb in sizes.items()}
@@ -83,6 +97,7 @@ def card_markdown(card: dict) -> str:
              f"- training data hash: {card['data_hash']}",
              f"- run: {card['run_id']}, {card['steps']} steps in {card['train_seconds'] or 0:.0f} s"
              f" ({'stopped by its time budget' if card.get('stopped_by_budget') else 'finished'})",
+             f"- examples: {card.get('train_examples', 'unknown')} ({card.get('epochs', 'unknown')} epochs)",
              f"- losses: train {card.get('train_loss')}, validation {card.get('eval_loss')}",
              f"- files: " + ", ".join(f"{n} {mb} MB" for n, mb in card["files_mb"].items())]
     if card.get("eval"):

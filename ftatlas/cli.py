@@ -220,7 +220,7 @@ def finetune_ship(settings: Settings, run, to) -> None:
     """Copy a finished run's adapter and its card into adapters/ (the committed default; size-checked)."""
     from finetune.ship import ship, shipped_folder
 
-    click.echo(ship(run, to or settings.path(shipped_folder(run))))
+    click.echo(ship(run, to or settings.path(shipped_folder(run)), settings.root))
 
 
 @cli.group()

@@ -947,14 +947,23 @@ def test_shipping_a_run_copies_its_adapter_with_a_card_and_refuses_oversized_fil
     (run / "adapter" / "lora.gguf").unlink(missing_ok=True)  # another test may have converted the shared fixture
     (run / "run.json").write_text(json.dumps({
         "run_id": "r1", "base_model": BUNDLED_ID, "base_sha256": "abc", "data_hash": "d1", "steps": 40,
-        "train_seconds": 1200.0, "stopped_by_budget": False, "train_loss": 1.1, "eval_loss": 1.3}))
+        "train_seconds": 1200.0, "stopped_by_budget": False, "train_loss": 1.1, "eval_loss": 1.3, "data": "data/ft"}))
+    (run / "train_config.json").write_text(json.dumps({"finetune": {"base_model": "bundled", "batch_size": 4,
+                                                                    "grad_accum": 1, "max_steps": 150}, "max_steps": 40}))
+    (tmp_path / "data" / "ft").mkdir(parents=True)
+    (tmp_path / "data" / "ft" / "data_card.json").write_text(json.dumps({"data_hash": "d1", "train": 80}))
     (run / "eval.json").write_text(json.dumps({"atlas-rag-lora": {"fact_recall": 0.6}}))
     assert shipped_folder(run) == Path("adapters/smollm2")
-    out = ship(run, tmp_path / "adapters" / "smollm2")
+    out = ship(run, tmp_path / "adapters" / "smollm2", root=tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                                      "card.json"]
     card = json.loads((out / "card.json").read_text())
     assert (card["base_model"], card["base_sha256"], card["data_hash"], card["steps"]) == (BUNDLED_ID, "abc", "d1", 40)
+    # what ran, not what settings.yaml said: 40 steps of 4 over 80 examples are 2 epochs
+    assert (card["train_examples"], card["epochs"]) == (80, 2.0) and "80 (2.0 epochs)" in (out / "README.md").read_text()
+    assert (card["finetune"]["base_model"], card["finetune"]["max_steps"]) == (BUNDLED_ID, 40)
+    (tmp_path / "data" / "ft" / "data_card.json").write_text(json.dumps({"data_hash": "other", "train": 80}))
+    assert "epochs" not in json.loads((ship(run, tmp_path / "elsewhere", root=tmp_path) / "card.json").read_text())
     assert card["eval"] == {"atlas-rag-lora": {"fact_recall": 0.6}} and "d1" in (out / "README.md").read_text()
     # a file git should not carry is refused, and the adapter shipped before stays whole
     (run / "adapter" / "lora.gguf").write_bytes(b"\0" * (11 * 2**20))
