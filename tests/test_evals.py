@@ -618,3 +618,18 @@ def test_grounding_bench_passes_reference_answers_and_stops_other_questions_answ
     assert mean["reference"] > 0.25 > mean["other-answer"]  # a check that passed everything, or nothing, fails here
     assert record["thresholds"]["grounding_overlap"] == corpus_index.llm.grounding_overlap
 
+
+def test_the_default_model_is_the_best_measured_one():
+    """settings.yaml's serve.default_model (offered first) is the served model with the highest answer fact recall,
+    over both question sets, in the committed reports/latest."""
+    from ftatlas.settings import load_settings
+    from serve.models import configured
+
+    settings = load_settings(None, root=REPO)
+    report = json.loads((REPO / "reports" / "latest" / "results.json").read_text(encoding="utf-8"))
+    served = set(configured(settings))
+    rows = [r for r in report["summary"]["by_config"] if r["config"] in served and r.get("fact_recall") is not None]
+    assert {r["config"] for r in rows} == served, "every model make serve offers is measured"
+    best = max(rows, key=lambda r: (round(r["fact_recall"], 3), r["token_f1"]))
+    assert settings.serve.default_model == best["config"]
+

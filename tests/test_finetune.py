@@ -972,3 +972,47 @@ def test_shipping_a_run_copies_its_adapter_with_a_card_and_refuses_oversized_fil
     assert (out / "card.json").is_file() and not (out / "lora.gguf").exists()
     with pytest.raises(AdapterError, match="not a finished training run"):
         ship(tmp_path / "runs" / "missing", out)
+
+
+# ---------------------------------------------------------------- the shipped adapter
+
+
+def test_make_serve_serves_the_shipped_adapter_and_its_card_says_where_it_came_from():
+    from finetune.ship import MAX_FILE_MB, MAX_TOTAL_MB
+    from serve.bases import BASES
+    from serve.models import configured
+
+    served = load_settings(None, root=REPO)
+    assert served.llm.adapters, "settings.yaml serves a trained adapter: a fresh clone answers with it"
+    assert load_settings("test", root=REPO).llm.adapters == {}
+    assert served.serve.default_model in configured(served)
+    for base, folder in served.llm.adapters.items():
+        folder = REPO / folder
+        sizes = {f.name: f.stat().st_size / 2**20 for f in folder.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "lora.gguf", "card.json", "README.md"} <= set(sizes)
+        assert max(sizes.values()) <= MAX_FILE_MB and sum(sizes.values()) <= MAX_TOTAL_MB
+        card = json.loads((folder / "card.json").read_text(encoding="utf-8"))
+        assert card["base_model"] == BASES[base].hf_id and card["epochs"] >= 3 and card["data_hash"]
+        assert card["eval"]["report"].startswith("reports/") and card["train_seconds"] > 0
+        if base == "gemma3":
+            assert "Gemma Terms of Use" in (folder / "README.md").read_text(encoding="utf-8")
+        validate_adapter(folder, BASES[base].gguf())
+
+
+def test_the_shipped_adapter_answers_through_the_server(corpus_index, embedder):
+    from serve import RagEngine
+
+    served = load_settings(None, root=REPO)
+    settings = corpus_index.model_copy(update={"llm": corpus_index.llm.model_copy(update={"adapters": served.llm.adapters}),
+                                               "serve": served.serve})
+    rag = RagEngine(settings, embedder=embedder)
+    try:
+        rag.load_adapter()
+        assert rag.adapter_errors == {} and served.serve.default_model in rag.models()
+        out = rag.complete(served.serve.default_model,
+                           [{"role": "user", "content": "Which parameters does BitFit train?"}], max_tokens=160)
+    finally:
+        rag.close()
+    assert out["grounding"]["mode"] in ("generated", "extractive") and out["choices"][0]["message"]["content"]
+    assert out["sources"] and re.search(r"\[\d\]", out["choices"][0]["message"]["content"])
+
