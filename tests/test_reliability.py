@@ -145,4 +145,3 @@ def test_the_short_bench_meets_its_aims(corpus_index, embedder, tmp_path):
     assert report["crash"]["killed_while"] != "after the answer", report["crash"]
     assert report["classes"]["chat"]["verdicts"].get("ok", 0) >= 1 and report["classes"]["upload"]["verdicts"].get("ok")
     assert report["classes"]["ingest"]["verdicts"].get("ok", 0) >= 1 and report["classes"]["delete"]["verdicts"].get("ok")
-    assert report["total_s"] <= 120, text
