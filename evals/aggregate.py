@@ -12,7 +12,7 @@ LATENCY_KEYS = ("total_ms", "ttft_ms")
 MODES = ("generated", "extractive", "refused")  # how a grounded answer came to be (serve/answer.py)
 MODE_KEYS = tuple(f"{m}_share" for m in MODES)
 SUMMARY_KEYS = (*RETRIEVAL_KEYS, *ANSWER_KEYS, "refusal_accuracy", "false_refusal_rate", *JUDGE_KEYS,
-                "total_ms_p50", "ttft_ms_p50", *MODE_KEYS, "generated_ttft_share_p50")
+                "total_ms_p50", "ttft_ms_p50", *MODE_KEYS, "asked_again_share", "generated_ttft_share_p50")
 
 
 def median(values) -> float | None:
@@ -44,10 +44,13 @@ def mode_shares(records: list[dict]) -> dict:
     written ones, the median share of the total time spent before the first token. None without grounded answers.
 
     Example: answerable records with modes generated, extractive, extractive, refused ->
-    {'generated_share': 0.25, 'extractive_share': 0.5, 'refused_share': 0.25, 'generated_ttft_share_p50': ...}.
+    {'generated_share': 0.25, 'extractive_share': 0.5, 'refused_share': 0.25, 'asked_again_share': ...,
+    'generated_ttft_share_p50': ...}.
     """
     grounded = [r for r in records if not r["refuse"] and (r.get("grounding") or {}).get("mode")]
     out: dict = {key: mean(float(r["grounding"]["mode"] == m) for r in grounded) for key, m in zip(MODE_KEYS, MODES)}
+    # the model declined, retrieval was confident, and it was asked once more without the way out (serve/answer.py)
+    out["asked_again_share"] = mean(float(bool(r["grounding"].get("asked_again"))) for r in grounded)
     generated = [r.get("latency") or {} for r in grounded if r["grounding"]["mode"] == "generated"]
     out["generated_ttft_share_p50"] = median(t["ttft_ms"] / t["total_ms"] for t in generated
                                              if t.get("ttft_ms") is not None and t.get("total_ms"))

@@ -18,7 +18,7 @@ RETRIEVAL_COLUMNS = ("hit@5", "mrr", "ndcg@10", "context_fact_recall@5", "contex
 ANSWER_COLUMNS = ("fact_recall", "token_f1", "rouge_l", "embed_sim", "citation_precision", "citation_validity", "quote_precision",
                   "refusal_accuracy", "false_refusal_rate", "language_match", "faithfulness", "answer_correctness",
                   "total_ms_p50", "ttft_ms_p50", "generated_share", "extractive_share", "refused_share",
-                  "generated_ttft_share_p50")
+                  "asked_again_share", "generated_ttft_share_p50")
 BREAKDOWN_COLUMNS = ("hit@5", "mrr", "context_fact_recall@5", "fact_recall", "token_f1", "rouge_l",
                      "refusal_accuracy", "false_refusal_rate", "language_match", "citation_precision",
                      "generated_share", "extractive_share", "refused_share")
@@ -129,7 +129,8 @@ def markdown(run: Run, summary: dict, charts: list[str]) -> str:
         "question's language. faithfulness and answer correctness (RAGAS definitions) need --judge-endpoint. "
         "Latency: median per question; TTFT is the time to the first streamed token. generated / extractive / refused "
         "share: how the answers to answerable questions came to be (written by the model and passing the grounding check, "
-        "quoted from the passages as the fallback, or declined); generated ttft share: for written answers, the median "
+        "quoted from the passages as the fallback, or declined); asked again share: answers for which the model declined "
+        "a question retrieval was confident about and was asked once more without the way out; generated ttft share: for written answers, the median "
         "share of the total time spent before the first token.\n")
     return "\n".join(parts)
 

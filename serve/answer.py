@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .evidence import Evidence, answer_repeated, answer_started, parse_answer, quote_holds
 from .grounding import Grounder, split_generated
-from .prompt import NO_ANSWER
+from .prompt import EXTRACTIVE_LEAD, NO_ANSWER
 from .retrieval import Passage
 
 _CITES_ONLY = re.compile(r"(\[\d+\]\s*)+")
@@ -78,16 +78,53 @@ class Judged:
 
 
 def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Passage], llm, language: str,
-                    verdict: dict) -> Iterator[str]:
+                    verdict: dict, again: Callable[[], Iterator[str]] | None = None) -> Iterator[str]:
     """Answer text in pieces from the model's stream: each sentence as soon as it passes the check, never a quote.
 
     Quotes (`##begin_quote## … ##end_quote## [n]`) are held back and checked verbatim against their passage; the
-    generation is closed as soon as `Judged.doomed()`, and the passages are quoted instead. `verdict` is filled at the
-    end: mode, supported share, evidence, evidence_dropped, stopped_early, quote_backed (sentences that stood on
-    verified quotes).
+    generation is closed as soon as `Judged.doomed()`, and the passages are quoted instead. When the model declines a
+    question retrieval is confident about (best relevance at least `refusal_bar`), `again()` (when given) is asked
+    once for a second stream, the prompt without its way out, and read the same way. `verdict` is filled at the end:
+    mode, supported share, evidence, evidence_dropped, stopped_early, quote_backed (sentences that stood on verified
+    quotes), asked_again.
     """
-    judged = Judged(grounder, llm)
-    raw, done, marked, stopped = "", 0, False, False
+    judged, read = Judged(grounder, llm), Read()
+    yield from _read(stream, judged, passages, read)
+    confident = grounder.best_relevance() >= refusal_bar(llm, language)
+    asked_again = again is not None and not judged.emitted and judged.said_no and confident
+    if asked_again:
+        judged, read = Judged(grounder, llm), Read()
+        yield from _read(again(), judged, passages, read)
+    evidence, dropped = checked_evidence(parse_answer(read.raw)[0], passages)
+    found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": read.stopped,
+             "quote_backed": judged.quote_backed, "asked_again": asked_again}
+    # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
+    if not judged.emitted and judged.said_no and not confident:
+        verdict.update(mode="refused", supported=0.0, **found)
+        yield NO_ANSWER.get(language, NO_ANSWER["en"])
+    elif not judged.emitted or judged.share < llm.grounding_min_supported:
+        verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
+        lead = " " if judged.emitted else EXTRACTIVE_LEAD.get(language, "")
+        yield lead + grounder.extractive(llm.extractive_sentences, llm.extractive_within)
+    else:
+        verdict.update(mode="generated", supported=round(judged.share, 3), **found)
+
+
+def refusal_bar(llm, language: str) -> float:
+    """The best relevance from which retrieval is confident enough to overrule the model's "no answer"."""
+    bar = llm.model_refusal_below_ru if language == "ru" else None
+    return llm.model_refusal_below if bar is None else bar
+
+
+@dataclass
+class Read:
+    raw: str = ""  # all the model wrote
+    stopped: bool = False  # closed early: the answer was bound to turn extractive
+
+
+def _read(stream: Iterator[str], judged: Judged, passages: list[Passage], read: Read) -> Iterator[str]:
+    """One stream through the check: the sentences that pass, as they are finished; `read` keeps the raw text."""
+    done, marked = 0, False
 
     def let_through(sentences: list[str]) -> Iterator[str]:
         for s in sentences:
@@ -100,35 +137,23 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
 
     try:
         for delta in stream:
-            raw += delta
-            if not marked and answer_started(raw):
+            read.raw += delta
+            if not marked and answer_started(read.raw):
                 marked, done = True, 0  # the answer proper starts here; text before the marker was quotes
-                for e in checked_evidence(parse_answer(raw)[0], passages)[0]:
+                for e in checked_evidence(parse_answer(read.raw)[0], passages)[0]:
                     judged.quotes.setdefault(e.index, []).append(e.text)
-            parts = split_generated(parse_answer(raw)[1])
+            parts = split_generated(parse_answer(read.raw)[1])
             if len(parts) - 1 > done and not _CITES_ONLY.fullmatch(parts[-1]):
                 yield from let_through(parts[done:-1])
                 done = len(parts) - 1
                 if judged.doomed():
-                    stopped = True
+                    read.stopped = True
                     break
-            if answer_repeated(raw):
+            if answer_repeated(read.raw):
                 break  # what follows a second <ANSWER>: is a loop, never read: the first answer is whole
-        if not stopped:  # the last sentence had nothing after it to show it was finished
-            yield from let_through(split_generated(parse_answer(raw)[1])[done:])
+        if not read.stopped:  # the last sentence had nothing after it to show it was finished
+            yield from let_through(split_generated(parse_answer(read.raw)[1])[done:])
     finally:
         close = getattr(stream, "close", None)
         if close:
             close()  # a generator engine stops generating here, not at max_tokens
-    evidence, dropped = checked_evidence(parse_answer(raw)[0], passages)
-    found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": stopped,
-             "quote_backed": judged.quote_backed}
-    # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
-    if not judged.emitted and judged.said_no and grounder.best_relevance() < llm.model_refusal_below:
-        verdict.update(mode="refused", supported=0.0, **found)
-        yield NO_ANSWER.get(language, NO_ANSWER["en"])
-    elif not judged.emitted or judged.share < llm.grounding_min_supported:
-        verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
-        yield (" " if judged.emitted else "") + grounder.extractive(llm.extractive_sentences, llm.extractive_within)
-    else:
-        verdict.update(mode="generated", supported=round(judged.share, 3), **found)

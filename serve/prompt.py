@@ -15,12 +15,14 @@ NO_ANSWER = {
     "en": "The passages do not contain the answer to this question.",
     "ru": "В найденных источниках нет ответа на этот вопрос.",
 }
+EXTRACTIVE_LEAD = {"en": "", "ru": "Из источников: "}  # before an answer quoted from the passages
 LANGUAGE_NAMES = {"en": "English", "ru": "Russian"}
 
+DECLINE = " If the passages do not contain the answer, reply exactly: \"{no_answer}\""
 SYSTEM_RAG = (
     "You are ftatlas, an assistant for engineers who adapt large language models. Answer the question using only "
-    "the numbered passages. Cite the passage you use as [n]. Answer in {language}, in one to three short sentences. "
-    "If the passages do not contain the answer, reply exactly: \"{no_answer}\""
+    "the numbered passages. Cite the passage you use as [n]. Answer in {language}, in one to three short sentences."
+    + DECLINE
 )
 SYSTEM_BASE = (
     "You are ftatlas, an assistant for engineers who adapt large language models. Answer in {language}, "
@@ -82,6 +84,14 @@ def build_messages(
     messages += trim_history(history or [], count_tokens, history_budget)
     messages.append({"role": "user", "content": user})
     return messages
+
+
+def without_decline(messages: list[dict], language: str) -> list[dict]:
+    """The same prompt with the system message's way out ("reply exactly: <no answer>") taken away: asked when a
+    small model declines a question retrieval is confident about. Example: [system 'Answer. If the passages do not
+    contain the answer, reply exactly: "…"', user q] -> [system 'Answer.', user q]."""
+    decline = DECLINE.format(no_answer=NO_ANSWER.get(language, NO_ANSWER["en"]))
+    return [{**m, "content": m["content"].replace(decline, "")} if m.get("role") == "system" else m for m in messages]
 
 
 def trim_history(history: list[dict], count_tokens: Callable[[str], int] | None, budget: int) -> list[dict]:

@@ -15,13 +15,12 @@ from .errors import BadRequest, ClientGone, ContextOverflow, EngineUnavailable, 
 from .grounding import Grounder, reading
 from .memory_chat import calculator_passages
 from .models import LORA, ModelSpec, adapter_specs, configured
-from .prompt import NO_ANSWER, build_messages, trim_to_tokens
+from .prompt import EXTRACTIVE_LEAD, NO_ANSWER, build_messages, trim_to_tokens, without_decline
 from .queue import EngineQueue
 from .retrieval import Passage, RetrievalOptions, Retriever, is_russian
 
 STOP = ["\n\n\n", "Question:", "Passages:", "<|im_end|>"]
-EXTRACTIVE_LEAD = {"en": "", "ru": "Из источников: "}
-NO_EVIDENCE = {"evidence": [], "evidence_dropped": 0, "stopped_early": False, "quote_backed": 0}  # answers the model did not write
+NO_EVIDENCE = {"evidence": [], "evidence_dropped": 0, "stopped_early": False, "quote_backed": 0, "asked_again": False}  # answers the model did not write
 
 
 @dataclass
@@ -226,8 +225,10 @@ class RagEngine:
     def _generate_grounded(self, prep: Prepared, params: GenerationParams) -> Iterator[str]:
         """The model's answer, sentence by sentence as each passes the check; quotes go to the evidence."""
         verdict: dict = {}
-        stream = _tracked(self.engine(prep.spec.slot).stream(prep.messages, params), prep)
-        yield from grounded_answer(stream, prep.grounder, prep.passages, self.settings.llm, prep.language, verdict)
+        engine = self.engine(prep.spec.slot)
+        stream = _tracked(engine.stream(prep.messages, params), prep)
+        again = lambda: _tracked(engine.stream(without_decline(prep.messages, prep.language), params), prep)  # noqa: E731
+        yield from grounded_answer(stream, prep.grounder, prep.passages, self.settings.llm, prep.language, verdict, again)
         prep.timings["grounding"] = verdict
 
     def params(self, max_tokens=None, temperature=None, top_p=None, stop=None, cancel=None) -> GenerationParams:

@@ -192,11 +192,13 @@ class ScriptedEngine:
 
     name, n_ctx = "scripted", 8192
 
-    def __init__(self, reply: str):
-        self.reply = reply
+    def __init__(self, reply: str, *later: str):
+        self.replies = [reply, *later]  # one per call; the last one repeats
+        self.asked: list[list[dict]] = []  # the messages of each call
 
     def stream(self, messages, params):
-        first, *rest = self.reply.split(" ")
+        self.asked.append(messages)
+        first, *rest = self.replies[min(len(self.asked), len(self.replies)) - 1].split(" ")
         yield first
         yield from (" " + w for w in rest)
 
@@ -234,7 +236,8 @@ def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus
     from serve import RagEngine
     from serve.prompt import NO_ANSWER
 
-    engine = RagEngine(with_llm(corpus_index, model_refusal_below=threshold, generate_languages=["en", "ru"]),
+    engine = RagEngine(with_llm(corpus_index, model_refusal_below=threshold, model_refusal_below_ru=threshold,
+                                generate_languages=["en", "ru"]),
                        engine=ScriptedEngine(NO_ANSWER[lang]), retriever=rag.retriever)
     question = QLORA_Q if lang == "en" else "Сколько памяти GPU понадобилось QLoRA для дообучения модели 65B?"
     out = engine.complete("atlas-rag", [{"role": "user", "content": question}], max_tokens=32)
@@ -243,6 +246,44 @@ def test_the_models_no_answer_stands_only_when_retrieval_is_not_confident(corpus
     assert (text == NO_ANSWER[lang]) is (mode == "refused")
     if mode == "extractive":  # the passages are quoted instead, each sentence with its [n]
         assert "48 GB" in text and re.search(r"\[\d\]", text)
+        assert out["grounding"]["asked_again"]  # the model was asked once more, and declined again
+        assert text.startswith("Из источников: ") is (lang == "ru")  # quotes in English, said in Russian
+
+
+def test_a_model_that_declines_what_retrieval_is_sure_of_is_asked_once_more_without_the_way_out(corpus_index, rag):
+    """A small model says "no answer" to answerable questions: above model_refusal_below it is asked again, the same
+    prompt without the decline clause, and that answer goes through the same check."""
+    from serve import RagEngine
+    from serve.prompt import NO_ANSWER
+
+    answer = "QLoRA fine-tunes a 65B parameter model on a single 48 GB GPU while keeping 16-bit fine-tuning quality."
+    scripted = ScriptedEngine(NO_ANSWER["en"], answer)
+    engine = RagEngine(with_llm(corpus_index, model_refusal_below=0.01), engine=scripted, retriever=rag.retriever)
+    out = engine.complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=64)
+    assert out["grounding"]["mode"] == "generated" and out["grounding"]["asked_again"], out["grounding"]
+    assert "48 GB" in out["choices"][0]["message"]["content"] and NO_ANSWER["en"] not in out["choices"][0]["message"]["content"]
+    first, second = (m[0]["content"] for m in scripted.asked)
+    assert "reply exactly" in first and "reply exactly" not in second and second in first
+    assert scripted.asked[0][1:] == scripted.asked[1][1:]  # only the way out is gone
+
+    # retrieval not confident: the "no" stands, and the model is not asked twice
+    scripted = ScriptedEngine(NO_ANSWER["en"], answer)
+    engine = RagEngine(with_llm(corpus_index, model_refusal_below=99.0), engine=scripted, retriever=rag.retriever)
+    out = engine.complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=64)
+    assert out["grounding"]["mode"] == "refused" and not out["grounding"]["asked_again"] and len(scripted.asked) == 1
+
+
+def test_russian_questions_have_their_own_refusal_bar(corpus_index, rag):
+    from serve import RagEngine
+    from serve.prompt import NO_ANSWER
+
+    question = "Сколько памяти GPU понадобилось QLoRA для дообучения модели 65B?"
+    for ru_bar, mode in [(99.0, "refused"), (0.01, "extractive")]:
+        settings = with_llm(corpus_index, model_refusal_below=0.01, model_refusal_below_ru=ru_bar,
+                            generate_languages=["en", "ru"])
+        engine = RagEngine(settings, engine=ScriptedEngine(NO_ANSWER["ru"]), retriever=rag.retriever)
+        out = engine.complete("atlas-rag", [{"role": "user", "content": question}], max_tokens=32)
+        assert out["grounding"]["mode"] == mode, (ru_bar, out["grounding"])
 
 
 # ---------------------------------------------------------------- readiness, faults and the remote contract

@@ -125,14 +125,16 @@ def test_refusal_rates_split_by_whether_refusing_is_right():
 
 
 def test_answer_mode_shares_count_answerable_questions_and_the_written_answers_first_token():
-    def rec(mode, refuse=False, ttft=100.0, total=400.0):
-        return {"refuse": refuse, "metrics": {}, "grounding": {"mode": mode}, "latency": {"ttft_ms": ttft, "total_ms": total}}
+    def rec(mode, refuse=False, ttft=100.0, total=400.0, again=False):
+        return {"refuse": refuse, "metrics": {}, "grounding": {"mode": mode, "asked_again": again},
+                "latency": {"ttft_ms": ttft, "total_ms": total}}
 
-    row = summarize_group([rec("generated", ttft=100), rec("generated", ttft=300), rec("extractive"), rec("refused"),
+    row = summarize_group([rec("generated", ttft=100), rec("generated", ttft=300, again=True), rec("extractive"), rec("refused"),
                            rec("refused", refuse=True), {"refuse": False, "metrics": {}, "grounding": None}])
     # the out-of-scope question and the answer without grounding (closed-book) are not counted
     assert (row["generated_share"], row["extractive_share"], row["refused_share"]) == (0.5, 0.25, 0.25)
     assert row["generated_ttft_share_p50"] == pytest.approx(0.5)  # median of 100/400 and 300/400
+    assert row["asked_again_share"] == 0.25
     closed_book = summarize_group([{"refuse": False, "metrics": {}, "grounding": None}])
     assert closed_book["generated_share"] is None and closed_book["generated_ttft_share_p50"] is None
 
