@@ -55,6 +55,36 @@ def ship(run_dir: Path | str, to: Path | str, root: Path | None = None) -> Path:
     return to
 
 
+def record_eval(folder: Path | str, report: Path | str, root: Path | None = None) -> Path:
+    """Put a report's summary rows on a shipped adapter's card (card.json and its README.md), written whole or not at
+    all: the card shows what was last measured, not what the run's own eval saw. AdapterError when the folder has no
+    card or the report no results.json with a summary.
+
+    Example: (adapters/gemma3, reports/20261202-130000) -> the card's eval is {'report': 'reports/20261202-130000',
+    'by_config': [...], 'by_set': [...], ...}.
+    """
+    folder, report = Path(folder), Path(report)
+    try:
+        card = json.loads((folder / CARD_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{folder}: no readable {CARD_JSON} (is it a shipped adapter?): {e}") from e
+    try:
+        summary = json.loads((report / "results.json").read_text(encoding="utf-8"))["summary"]
+        if not isinstance(summary, dict) or not summary.get("by_config"):
+            raise ValueError("its summary has no by_config rows")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AdapterError(f"{report}: not a finished eval report (results.json with a summary): {e}") from e
+    shown = report.resolve()
+    if root is not None and shown.is_relative_to(Path(root).resolve()):
+        shown = shown.relative_to(Path(root).resolve())
+    card["eval"] = {"report": str(shown), **summary}
+    for name, text in ((CARD_JSON, json.dumps(card, indent=2, ensure_ascii=False) + "\n"), (CARD_MD, card_markdown(card))):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, folder / name)
+    return folder / CARD_JSON
+
+
 def shipped_folder(run_dir: Path | str) -> Path:
     """adapters/<base> for the base the run trained. Example: a Gemma 3 run -> adapters/gemma3."""
     run = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")) if (Path(run_dir) / "run.json").is_file() else {}

@@ -223,6 +223,19 @@ def finetune_ship(settings: Settings, run, to) -> None:
     click.echo(ship(run, to or settings.path(shipped_folder(run)), settings.root))
 
 
+@finetune.command("card")
+@click.argument("adapter", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--report", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+              help="An eval report folder (reports/<id>) whose rows go on the card.")
+@pass_settings
+@friendly
+def finetune_card(settings: Settings, adapter, report) -> None:
+    """Put an eval report's rows on a shipped adapter's card (card.json and README.md)."""
+    from finetune.ship import record_eval
+
+    click.echo(record_eval(adapter, report, settings.root))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks: print figures (never part of `make test`)."""

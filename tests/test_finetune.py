@@ -974,6 +974,36 @@ def test_shipping_a_run_copies_its_adapter_with_a_card_and_refuses_oversized_fil
         ship(tmp_path / "runs" / "missing", out)
 
 
+def test_a_later_report_goes_on_the_shipped_card_whole_and_a_bad_one_changes_nothing(tmp_path):
+    from finetune.ship import record_eval
+
+    folder = tmp_path / "adapters" / "gemma3"
+    folder.mkdir(parents=True)
+    card = {"run_id": "r1", "base_model": "google/gemma-3-270m", "data_hash": "d1", "steps": 399, "train_seconds": 6237.0,
+            "files_mb": {"lora.gguf": 5.6}, "eval": {"report": "reports/old", "by_config": [{"config": "x"}]}}
+    (folder / "card.json").write_text(json.dumps(card))
+    report = tmp_path / "reports" / "20261202-130000"
+    report.mkdir(parents=True)
+    rows = {"by_config": [{"config": "atlas-rag-lora-gemma3", "fact_recall": 0.5}], "by_set": []}
+    (report / "results.json").write_text(json.dumps({"summary": rows, "records": []}))
+    record_eval(folder, report, root=tmp_path)
+    after = json.loads((folder / "card.json").read_text())
+    assert after["eval"] == {"report": "reports/20261202-130000", **rows}
+    assert {k: v for k, v in after.items() if k != "eval"} == {k: v for k, v in card.items() if k != "eval"}
+    shown = (folder / "README.md").read_text()
+    assert "atlas-rag-lora-gemma3" in shown and "reports/20261202-130000" in shown and "Gemma Terms of Use" in shown
+    # a report cut short (no summary) or no card: a clear error, and the card stays as it was
+    broken = tmp_path / "reports" / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text('{"summary": {}, "rec')
+    for bad_folder, bad_report, why in [(folder, broken, "not a finished eval report"),
+                                        (tmp_path / "nothing", report, "no readable card.json")]:
+        with pytest.raises(AdapterError, match=why):
+            record_eval(bad_folder, bad_report, root=tmp_path)
+    assert json.loads((folder / "card.json").read_text()) == after
+    assert not list(folder.glob(".*.tmp"))
+
+
 # ---------------------------------------------------------------- the shipped adapter
 
 
