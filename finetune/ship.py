@@ -60,8 +60,8 @@ def record_eval(folder: Path | str, report: Path | str, root: Path | None = None
     all: the card shows what was last measured, not what the run's own eval saw. AdapterError when the folder has no
     card or the report no results.json with a summary.
 
-    Example: (adapters/gemma3, reports/20261202-130000) -> the card's eval is {'report': 'reports/20261202-130000',
-    'by_config': [...], 'by_set': [...], ...}.
+    Example: (adapters/gemma3, reports/latest) -> the card's eval is {'report': 'reports/latest', 'report_id':
+    '20261202-125046', 'by_config': [...], 'by_set': [...], ...}.
     """
     folder, report = Path(folder), Path(report)
     try:
@@ -69,7 +69,8 @@ def record_eval(folder: Path | str, report: Path | str, root: Path | None = None
     except (OSError, ValueError) as e:
         raise AdapterError(f"{folder}: no readable {CARD_JSON} (is it a shipped adapter?): {e}") from e
     try:
-        summary = json.loads((report / "results.json").read_text(encoding="utf-8"))["summary"]
+        results = json.loads((report / "results.json").read_text(encoding="utf-8"))
+        summary = results["summary"]
         if not isinstance(summary, dict) or not summary.get("by_config"):
             raise ValueError("its summary has no by_config rows")
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -77,7 +78,7 @@ def record_eval(folder: Path | str, report: Path | str, root: Path | None = None
     shown = report.resolve()
     if root is not None and shown.is_relative_to(Path(root).resolve()):
         shown = shown.relative_to(Path(root).resolve())
-    card["eval"] = {"report": str(shown), **summary}
+    card["eval"] = {"report": str(shown), "report_id": results.get("id"), **summary}
     for name, text in ((CARD_JSON, json.dumps(card, indent=2, ensure_ascii=False) + "\n"), (CARD_MD, card_markdown(card))):
         tmp = folder / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")

@@ -985,10 +985,10 @@ def test_a_later_report_goes_on_the_shipped_card_whole_and_a_bad_one_changes_not
     report = tmp_path / "reports" / "20261202-130000"
     report.mkdir(parents=True)
     rows = {"by_config": [{"config": "atlas-rag-lora-gemma3", "fact_recall": 0.5}], "by_set": []}
-    (report / "results.json").write_text(json.dumps({"summary": rows, "records": []}))
+    (report / "results.json").write_text(json.dumps({"id": "20261202-130000", "summary": rows, "records": []}))
     record_eval(folder, report, root=tmp_path)
     after = json.loads((folder / "card.json").read_text())
-    assert after["eval"] == {"report": "reports/20261202-130000", **rows}
+    assert after["eval"] == {"report": "reports/20261202-130000", "report_id": "20261202-130000", **rows}
     assert {k: v for k, v in after.items() if k != "eval"} == {k: v for k, v in card.items() if k != "eval"}
     shown = (folder / "README.md").read_text()
     assert "atlas-rag-lora-gemma3" in shown and "reports/20261202-130000" in shown and "Gemma Terms of Use" in shown
