@@ -48,16 +48,18 @@ class Walk:
 class Advisor:
     """The parsed chart plus its reviewed English; `walk` is pure."""
 
-    def __init__(self, chart: DecisionMap, english: dict[str, dict]):
+    def __init__(self, chart: DecisionMap, english: dict[str, dict], cells: dict[str, str] | None = None):
         self.chart = chart
         self.english = english
+        self.cells = cells or {}  # the method table's Russian cells -> their reviewed English
 
     @classmethod
     def load(cls, settings) -> "Advisor":
         chart = load_map(settings)
         if chart is None:
             raise NotReady("no decision chart in the index: run `ftatlas ingest` (it names a malformed chart)")
-        return cls(chart, read_english(english_path(settings, chart)))
+        path = english_path(settings, chart)
+        return cls(chart, read_english(path), read_cells(path))
 
     def text(self, node: str, language: str) -> str:
         """The node's text; English from the reviewed file, the atlas's own Russian when it has none or is stale."""
@@ -67,6 +69,11 @@ class Advisor:
             if entry.get("ru") == ru and entry.get("en"):
                 return str(entry["en"])
         return ru
+
+    def cell(self, text: str, language: str) -> str:
+        """A method-table cell as shown: its reviewed English in English, else the atlas's own text.
+        Example: ('Мультизадачные системы', 'en') -> 'Multi-task systems'; ('PEFT', 'en') -> 'PEFT'."""
+        return self.cells.get(text, text) if language == "en" else text
 
     def stale_english(self) -> list[str]:
         """Nodes whose English is missing or was written for other Russian text."""
@@ -133,6 +140,14 @@ def english_path(settings, chart: DecisionMap) -> Path:
         if d["id"] == chart.doc_id:
             return settings.path(Path(d["path"]).with_suffix(".en.yaml"))
     return settings.path(f"corpus/{chart.doc_id}.en.yaml")
+
+
+def read_cells(path: Path) -> dict[str, str]:
+    """The reviewed English of the atlas's method-table cells: {Russian cell: English}."""
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {str(k): str(v) for k, v in (data.get("cells") or {}).items()}
 
 
 def read_english(path: Path) -> dict[str, dict]:

@@ -124,7 +124,7 @@ class Recommender:
             found = self.table_row(m.row)
             if found:
                 p, cells = found
-                cols = "; ".join(f"{c}: {v}" for c, v in zip(w["cols"], cells))
+                cols = "; ".join(f"{c}: {adv.cell(v, language)}" for c, v in zip(w["cols"], cells))
                 rows.append(f"{m.row} — {cols}{ref(p)}.")
             cards = []
             for name in m.names:
@@ -163,7 +163,7 @@ class Recommender:
                 else:
                     row = self.table_row(m.row)
                     if row and len(row[1]) > 1:
-                        reasons.append(f"{w['placed'].format(area=row[1][1])}{ref(row[0])}")
+                        reasons.append(f"{w['placed'].format(area=adv.cell(row[1][1], language))}{ref(row[0])}")
             why.append(head + ("; " + " ".join(reasons) if reasons else ref(chart_p)))
         if why:
             lines.append(f"{w['why_not']}:\n" + "\n".join(f"- {x}" for x in why))

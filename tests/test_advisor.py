@@ -134,6 +134,23 @@ def test_every_node_has_reviewed_english_for_the_atlas_text():
     assert Advisor(chart, english).stale_english() == []
 
 
+def test_every_method_table_cell_has_reviewed_english_for_the_atlas_text():
+    import re
+
+    from serve.advisor import read_cells
+
+    rows = [[c.strip(" *") for c in line.strip().strip("|").split("|")] for line in ATLAS.splitlines()
+            if line.startswith("| **")]
+    russian = {c for row in rows for c in row[1:] if re.search(r"[а-яё]", c, re.I)}
+    cells = read_cells(ENGLISH)
+    assert len(rows) >= 10 and set(cells) == russian, ("cells the atlas lacks (stale)", set(cells) - russian,
+                                                       "cells without English", russian - set(cells))
+    assert all(cells.values()) and not any(re.search(r"[а-яё]", v, re.I) for v in cells.values())
+    advisor = Advisor(the_map(), read_english(ENGLISH), cells)
+    assert advisor.cell("Мультизадачные системы", "en") == "Multi-task systems"
+    assert advisor.cell("Мультизадачные системы", "ru") == "Мультизадачные системы" and advisor.cell("PEFT", "en") == "PEFT"
+
+
 def test_stale_english_is_detected_and_falls_back_to_the_atlas():
     edited = ATLAS.replace("Есть мощная GPU<br/>и достаточно данных?", "Есть кластер GPU и много данных?")
     advisor = Advisor(the_map(edited), read_english(ENGLISH))
@@ -202,6 +219,9 @@ def test_each_leaf_explains_itself_from_the_expected_documents(client, leaf):
         cited = {int(n) for n in re.findall(r"\[(\d+)\]", body["answer"])}
         assert cited == {s["index"] for s in body["sources"]}, "every source is cited and every [n] is a source"
         assert set(body["sources"][0]) == {"index", "doc_id", "title", "section", "source", "text", "score"}
+        if language == "en":  # the table's cells in their reviewed English, never the atlas's Russian
+            table = next(line for line in body["answer"].split("\n\n") if line.startswith("The atlas's table"))
+            assert not re.search(r"[а-яё]", table, re.I), table
     chart = the_map()
     for m in chart.methods[leaf]:
         assert m.row in body["answer"], f"the table row of {m.row} is quoted"
@@ -212,7 +232,10 @@ def test_peft_leaf_shows_every_row_and_card(client):
     assert [m["name"] for m in body["methods"]] == ["LoRA / QLoRA", "Adapter Tuning", "Prefix / Prompt / P-Tuning"]
     assert [m["cards"] for m in body["methods"]] == [["lora", "qlora"], ["adapters"], ["prefix-tuning"]]
     text = body["answer"]
-    assert "Обучаются low-rank матрицы" in text and "PEFT + bitsandbytes" in text, "the atlas's row, from its passage"
+    assert "Low-rank matrices in the attention layers are trained" in text and "PEFT + bitsandbytes" in text, \
+        "the atlas's row, from its passage, in English"
+    ru = client.post("/v1/advise", json={"answers": ["нет", "нет", "да"], "language": "ru"}).json()["answer"]
+    assert "Обучаются low-rank матрицы в attention-слоях" in ru, "in Russian the atlas's own words"
     assert "Hybrid solutions (RAG + LoRA / RLHF)" in text, "the next step"
     assert "Full Fine-Tuning (train every parameter): you answered no" in text
 
