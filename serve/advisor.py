@@ -142,16 +142,18 @@ def english_path(settings, chart: DecisionMap) -> Path:
     return settings.path(f"corpus/{chart.doc_id}.en.yaml")
 
 
-def read_cells(path: Path) -> dict[str, str]:
-    """The reviewed English of the atlas's method-table cells: {Russian cell: English}."""
+def _reviewed(path: Path, part: str) -> dict:
+    """One part (`nodes` or `cells`) of the reviewed English file; {} when there is none."""
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {str(k): str(v) for k, v in (data.get("cells") or {}).items()}
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(part) or {}
+
+
+def read_cells(path: Path) -> dict[str, str]:
+    """The reviewed English of the atlas's method-table cells: {Russian cell: English}."""
+    return {str(k): str(v) for k, v in _reviewed(path, "cells").items()}
 
 
 def read_english(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {str(k): v for k, v in (data.get("nodes") or {}).items()}
+    """The reviewed English of the chart's nodes: {node id: {ru, en, cues}}."""
+    return {str(k): v for k, v in _reviewed(path, "nodes").items()}
