@@ -55,10 +55,11 @@ def ship(run_dir: Path | str, to: Path | str, root: Path | None = None) -> Path:
     return to
 
 
-def record_eval(folder: Path | str, report: Path | str, root: Path | None = None) -> Path:
+def record_eval(folder: Path | str, report: Path | str, shown: str | None = None) -> Path:
     """Put a report's summary rows on a shipped adapter's card (card.json and its README.md), written whole or not at
     all: the card shows what was last measured, not what the run's own eval saw. AdapterError when the folder has no
-    card or the report no results.json with a summary.
+    card or the report no results.json with a summary. `shown`: the report's path as the card names it
+    (Settings.relative), default as given.
 
     Example: (adapters/gemma3, reports/latest) -> the card's eval is {'report': 'reports/latest', 'report_id':
     '20261202-125046', 'by_config': [...], 'by_set': [...], ...}.
@@ -75,10 +76,7 @@ def record_eval(folder: Path | str, report: Path | str, root: Path | None = None
             raise ValueError("its summary has no by_config rows")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AdapterError(f"{report}: not a finished eval report (results.json with a summary): {e}") from e
-    shown = report.resolve()
-    if root is not None and shown.is_relative_to(Path(root).resolve()):
-        shown = shown.relative_to(Path(root).resolve())
-    card["eval"] = {"report": str(shown), "report_id": results.get("id"), **summary}
+    card["eval"] = {"report": shown or str(report), "report_id": results.get("id"), **summary}
     for name, text in ((CARD_JSON, json.dumps(card, indent=2, ensure_ascii=False) + "\n"), (CARD_MD, card_markdown(card))):
         tmp = folder / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")

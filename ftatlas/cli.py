@@ -233,7 +233,7 @@ def finetune_card(settings: Settings, adapter, report) -> None:
     """Put an eval report's rows on a shipped adapter's card (card.json and README.md)."""
     from finetune.ship import record_eval
 
-    click.echo(record_eval(adapter, report, settings.root))
+    click.echo(record_eval(adapter, report, settings.relative(report)))
 
 
 @cli.group()

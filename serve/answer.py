@@ -71,10 +71,15 @@ class Judged:
     def share(self) -> float:
         return len(self.supported) / self.total if self.total else 0.0
 
+    @property
+    def declined(self) -> bool:
+        """The model said it has no answer before writing any sentence that passed."""
+        return self.said_no and not self.emitted
+
     def doomed(self) -> bool:
         """Whether the answer can no longer stand as generated: the model declined before saying anything, or the
         share of supported sentences so far is under grounding_min_supported (the same rule the end applies)."""
-        return (self.said_no and not self.emitted) or (self.total > 0 and self.share < self.llm.grounding_min_supported)
+        return self.declined or (self.total > 0 and self.share < self.llm.grounding_min_supported)
 
 
 def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Passage], llm, language: str,
@@ -90,8 +95,9 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
     """
     judged, read = Judged(grounder, llm), Read()
     yield from _read(stream, judged, passages, read)
-    confident = grounder.best_relevance() >= refusal_bar(llm, language)
-    asked_again = again is not None and not judged.emitted and judged.said_no and confident
+    # retrieval is sure enough that the model's "no" does not stand
+    overruled = judged.declined and grounder.best_relevance() >= refusal_bar(llm, language)
+    asked_again = overruled and again is not None
     if asked_again:
         judged, read = Judged(grounder, llm), Read()
         yield from _read(again(), judged, passages, read)
@@ -99,7 +105,7 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
     found = {"evidence": [e.as_dict() for e in evidence], "evidence_dropped": dropped, "stopped_early": read.stopped,
              "quote_backed": judged.quote_backed, "asked_again": asked_again}
     # A small model declines answerable questions too; its "no" stands only when retrieval is not confident.
-    if not judged.emitted and judged.said_no and not confident:
+    if judged.declined and not overruled:
         verdict.update(mode="refused", supported=0.0, **found)
         yield NO_ANSWER.get(language, NO_ANSWER["en"])
     elif not judged.emitted or judged.share < llm.grounding_min_supported:

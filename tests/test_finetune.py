@@ -986,7 +986,7 @@ def test_a_later_report_goes_on_the_shipped_card_whole_and_a_bad_one_changes_not
     report.mkdir(parents=True)
     rows = {"by_config": [{"config": "atlas-rag-lora-gemma3", "fact_recall": 0.5}], "by_set": []}
     (report / "results.json").write_text(json.dumps({"id": "20261202-130000", "summary": rows, "records": []}))
-    record_eval(folder, report, root=tmp_path)
+    record_eval(folder, report, shown="reports/20261202-130000")
     after = json.loads((folder / "card.json").read_text())
     assert after["eval"] == {"report": "reports/20261202-130000", "report_id": "20261202-130000", **rows}
     assert {k: v for k, v in after.items() if k != "eval"} == {k: v for k, v in card.items() if k != "eval"}
@@ -999,7 +999,7 @@ def test_a_later_report_goes_on_the_shipped_card_whole_and_a_bad_one_changes_not
     for bad_folder, bad_report, why in [(folder, broken, "not a finished eval report"),
                                         (tmp_path / "nothing", report, "no readable card.json")]:
         with pytest.raises(AdapterError, match=why):
-            record_eval(bad_folder, bad_report, root=tmp_path)
+            record_eval(bad_folder, bad_report)
     assert json.loads((folder / "card.json").read_text()) == after
     assert not list(folder.glob(".*.tmp"))
 
