@@ -1,12 +1,12 @@
 """Corpus + QA -> RAFT SFT examples -> LoRA adapter folder (peft + GGUF). The public surface of the finetune room."""
 
-from .adapter import AdapterInfo, validate_adapter
+from serve.adapter import AdapterInfo, validate_adapter
 from .base import Base, resolve_base
 from .data import DataCard, build_data
 from .errors import AdapterError, FinetuneError
 from .generate import GeneratorOptions
-from .gguf_lora import convert as convert_to_gguf
-from .gguf_lora import gguf_adapter
+from serve.gguf_lora import convert as convert_to_gguf
+from serve.gguf_lora import gguf_adapter
 from .train import RunResult, train
 
 __all__ = [

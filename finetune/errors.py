@@ -5,5 +5,4 @@ class FinetuneError(Exception):
     """Training data, a base model or a run cannot be built as asked."""
 
 
-class AdapterError(FinetuneError):
-    """A LoRA adapter folder is missing, malformed, or does not fit the base model it is paired with."""
+from serve.errors import AdapterError  # noqa: E402,F401  (checked where serving can reach it: serve/adapter.py)

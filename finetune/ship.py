@@ -10,8 +10,8 @@ from pathlib import Path
 
 from serve.bases import BASES
 
-from .adapter import CONFIG, GGUF, WEIGHTS, validate_adapter
-from .errors import AdapterError
+from serve.adapter import CONFIG, GGUF, WEIGHTS, validate_adapter
+from serve.errors import AdapterError
 
 MAX_FILE_MB, MAX_TOTAL_MB = 10.0, 20.0  # what a git repository carries without LFS
 RUN_FIELDS = ("run_id", "base_model", "base_sha256", "data_hash", "steps", "train_seconds", "s_per_step",

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .adapter import validate_adapter
+from serve.adapter import validate_adapter
 from .base import Base, resolve_base
 from .data import TRAIN, VALIDATION, default_folder, data_hash, read_split
 from .errors import FinetuneError
@@ -231,7 +231,7 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     validate_adapter(adapter, model.get_base_model().config, check_name=False)
     gguf_path = None
     if base.gguf is not None:
-        from .gguf_lora import convert
+        from serve.gguf_lora import convert
 
         gguf_path = convert(adapter, base.gguf)
     history = trainer.state.log_history

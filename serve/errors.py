@@ -27,6 +27,13 @@ class EngineUnavailable(ServeError):
     status, code, type = 503, "engine_unavailable", "server_error"
 
 
+class AdapterError(ServeError):
+    """A LoRA adapter folder is missing, malformed, or does not fit the base model it is paired with. Serving and
+    training both check adapters (serve/adapter.py), so the error lives here, where training can reach it too."""
+
+    status, code, type = 503, "adapter_invalid", "server_error"
+
+
 class NotReady(ServeError):
     status, code, type = 503, "not_ready", "server_error"
 

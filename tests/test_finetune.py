@@ -20,7 +20,7 @@ from finetune import (AdapterError, FinetuneError, GeneratorOptions, build_data,
 from finetune.base import BUNDLED_ID, bundled_gguf, resolve_base
 from finetune.data import CARD, TRAIN, VALIDATION, data_hash, read_split
 from finetune.generate import generate_questions, parse_pairs
-from finetune.gguf_lora import permute
+from serve.gguf_lora import permute
 from finetune.overlap import EvalGuard, dedupe, jaccard, normalise, tokens
 from finetune.questions import CATEGORIES, Question, load_questions
 from finetune.raft import EXTRA_CANDIDATES, MIN_TRIMMED_OVERLAP, answer_overlap, cite, pick_quotes, target

@@ -42,7 +42,7 @@ class TransformersEngine:
         if adapter:
             from peft import PeftModel
 
-            from finetune import validate_adapter
+            from ..adapter import validate_adapter
 
             validate_adapter(settings.path(llm.adapter), self.model.config)
             self.model = PeftModel.from_pretrained(self.model, str(settings.path(llm.adapter))).eval()

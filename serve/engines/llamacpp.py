@@ -29,7 +29,8 @@ class LlamaCppEngine:
         self.model_path = Path(settings.path(model))
         lora = None
         if adapter:
-            from finetune import gguf_adapter, validate_adapter
+            from ..adapter import validate_adapter
+            from ..gguf_lora import gguf_adapter
 
             path = settings.path(llm.adapter)
             validate_adapter(path, self.model_path)  # AdapterError: missing files, wrong base, not safetensors

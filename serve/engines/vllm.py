@@ -65,7 +65,8 @@ class VLLMLauncher:
         self.lora_rank: int | None = None
         self.adapter_error: Exception | None = None
         if settings.llm.adapter:
-            from finetune import AdapterError, validate_adapter
+            from ..adapter import validate_adapter
+            from ..errors import AdapterError
 
             try:
                 self.lora_rank = max_lora_rank(validate_adapter(settings.path(settings.llm.adapter), settings.llm.model))
