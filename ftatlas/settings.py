@@ -109,6 +109,12 @@ class ServeSettings(BaseModel):
                            "with Retry-After.")
     max_active: int = Field(1, ge=1, description="Generations at once (1 for an in-process model; more for a remote "
                             "vLLM that batches).")
+    log_answers: bool = Field(True, description="Keep the answer log (<data_dir>/answers.sqlite3): each answer's "
+                              "messages, prompt with passages, model, adapter and its hash, passage ids and scores, "
+                              "answer and grounding mode, so it can be rated (POST /v1/feedback). Off: nothing is "
+                              "stored and feedback gets a 409.")
+    answer_log_max_rows: int = Field(100_000, ge=1, description="Answers the log keeps; past that the oldest unrated "
+                                     "ones are pruned first.")
     default_model: str = Field("atlas-rag", description="The model the UI and `ftatlas ask` offer first: the best "
                                "measured in reports/latest (a test holds settings.yaml to it); atlas-rag when it is "
                                "not served.")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .answer_log import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, AnswerLog, Feedback, LogOff, rater_of_key
 from .auth import KeyGate, add_login, bearer, key_matches
 from .doors import BodyLimit, OriginCheck
 from .errors import BadRequest, Busy, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
@@ -81,6 +82,20 @@ class RetrieveRequest(BaseModel):
     retrieval: RetrievalOverride | None = None
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=100, description="The chat completion id the answer came with.")
+    rating: Literal[1, -1] | None = None
+    correction: str | None = Field(None, max_length=MAX_CORRECTION_CHARS, description="A better answer.")
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS)
+
+    def feedback(self, rater: str) -> Feedback:
+        correction = (self.correction or "").strip() or None
+        if self.rating is None and correction is None:
+            raise BadRequest("feedback needs a rating (1 or -1) or a correction")
+        return Feedback(self.id, rater, self.rating, correction, (self.comment or "").strip() or None)
+
+
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     input: str | list[str]
@@ -103,6 +118,22 @@ class AppState:
         self.rag = rag
         self.error: str | None = None
         self.ingest_lock = threading.Lock()
+        self.log, self.log_error = None, None
+        try:
+            self.log = AnswerLog.of(settings)
+        except Exception as e:  # a damaged log file is kept as it is; answers go on, feedback says why it cannot
+            self.log_error = f"the answer log {settings.data_dir / 'answers.sqlite3'} cannot be opened ({type(e).__name__}: {e})"
+            print(f"ftatlas: {self.log_error}", flush=True)
+        if rag is not None:
+            rag.answer_log = self.log
+
+    def answer_log(self) -> AnswerLog:
+        """The answer log, or the error feedback gets: 409 when serve.log_answers is off, 503 when it is damaged."""
+        if self.log is not None:
+            return self.log
+        if self.log_error:
+            raise EngineUnavailable(self.log_error)
+        raise LogOff("the answer log is off (serve.log_answers: false), so there is no answer to rate")
 
     def start(self, embedder=None) -> None:
         """Ingest when the index is missing or stale, then load the engine (and the adapter, if configured)."""
@@ -113,6 +144,7 @@ class AppState:
                 summary = ingest(self.settings, embedder=embedder, progress=False)
             print(f"ftatlas: index ready: {summary.text().splitlines()[0]}", flush=True)
             rag = self.rag or RagEngine(self.settings, embedder=embedder)
+            rag.answer_log = self.log
             rag.engine()
             rag.load_adapter()
             for why in rag.adapter_errors.values():
@@ -199,6 +231,13 @@ def create_app(settings, rag: RagEngine | None = None, start: bool = True, embed
         # prepares (validates, retrieves, takes a place in the queue) before the 200 goes out: errors stay HTTP errors
         first = await _unless_disconnected(request, cancel, run_in_threadpool(next, chunks))
         return StreamingResponse(_events(request, cancel, _sse(first, chunks)), media_type="text/event-stream")
+
+    @app.post("/v1/feedback", dependencies=auth)
+    def feedback(req: FeedbackRequest, request: Request):
+        keys = settings.serve.api_keys
+        key = key_matches(bearer(request.headers), keys) if keys else None
+        stored = state.answer_log().rate(req.feedback(rater_of_key(key) if key else "anonymous"))
+        return {"object": "feedback", **stored}
 
     @app.post("/v1/embeddings", dependencies=auth)
     def embeddings(req: EmbeddingsRequest, rag: Rag):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from .answer import grounded_answer
+from .answer_log import AnswerLog, adapter_sha256
 from .engines import Engine, GenerationParams, Readiness, create_engine, languages_written
 from .errors import BadRequest, ClientGone, ContextOverflow, EngineUnavailable, UnknownModel
 from .grounding import Grounder, reading
@@ -47,6 +48,11 @@ def _tracked(stream, prep: Prepared):
     prep.finish = (yield from stream) or "stop"
 
 
+def new_id() -> str:
+    """An OpenAI-style completion id, also the answer log's key. Example: 'chatcmpl-3f9a…' (24 hex digits)."""
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
 def question_language(text: str) -> str:
     """Example: 'Что такое LoRA?' -> 'ru'; 'What is LoRA?' -> 'en'."""
     return "ru" if is_russian(text) else "en"
@@ -77,6 +83,7 @@ class RagEngine:
             self._engines[False] = engine
         self.adapter_errors: dict[str, str] = {}  # model name -> why its adapter is not served
         self.queue = EngineQueue(settings.serve.max_queue, settings.serve.max_active)
+        self.answer_log: AnswerLog | None = None  # set by the server (serve.log_answers): every answer is recorded
 
     # -- models --------------------------------------------------------------------------------------------
     @property
@@ -271,8 +278,10 @@ class RagEngine:
         with self.turn(prep, params):
             text = "".join(self.stream_text(prep, params)).strip()
         prompt_tokens = self._prompt_tokens(prep.messages)
+        cid = new_id()
+        self.log(cid, messages, prep, text)
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": prep.finish_reason}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self._count(text),
                       "total_tokens": prompt_tokens + self._count(text)},
@@ -290,7 +299,7 @@ class RagEngine:
         """
         prep = self.prepare(model, messages, retrieval, max_tokens)
         params = self.params(max_tokens, temperature, top_p, stop, cancel)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        cid, created = new_id(), int(time.time())
 
         def chunk(delta: dict, finish=None, **extra) -> dict:
             return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -304,12 +313,32 @@ class RagEngine:
                     yield chunk({}, queue={"position": position})
                 if params.cancel.is_set():
                     return
+            text = []
             for piece in self.stream_text(prep, params):
+                text.append(piece)
                 yield chunk({"content": piece})
+            self.log(cid, messages, prep, "".join(text).strip())  # before the last chunk: a client may rate it at once
             yield chunk({}, prep.finish_reason, grounding=prep.timings.get("grounding"))
         finally:
             if ticket is not None:
                 self.queue.done(ticket)
+
+    def log(self, cid: str, messages: list[dict], prep: Prepared, text: str) -> None:
+        """Record the answer in the answer log (when on); a failing log is reported, and the answer still goes out."""
+        if self.answer_log is None:
+            return
+        folder = prep.spec.folder if prep.spec.adapter else None
+        try:
+            self.answer_log.record({
+                "id": cid, "model": prep.spec.name, "question": prep.question, "language": prep.language,
+                "adapter": self.settings.relative(self.settings.path(folder)) if folder else None,
+                "adapter_sha256": adapter_sha256(self.settings.path(folder)) if folder else None,
+                "messages": messages, "prompt": prep.messages,
+                "passages": [{"id": p.id, "doc_id": p.doc_id, "score": round(p.score, 6)} for p in prep.passages],
+                "answer": text, "mode": (prep.timings.get("grounding") or {}).get("mode"),
+            })
+        except Exception as e:  # sqlite3.Error, a full disk: the user still gets the answer
+            print(f"ftatlas: the answer log could not record {cid}: {type(e).__name__}: {e}", flush=True)
 
     @staticmethod
     def sources(prep: Prepared) -> list[dict]:
