@@ -165,6 +165,13 @@ class AnswerLog:
                             (answer_id,)).fetchall()
         return {**_decoded(row), "feedback": [dict(f) for f in fb]}
 
+    def recent(self, n: int) -> list[dict]:
+        """The `n` newest answers, newest first (without their feedback)."""
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM answers ORDER BY created DESC LIMIT ?", (n,)).fetchall()
+        return [_decoded(r) for r in rows]
+
     def rated(self) -> list[dict]:
         """Every answer that received feedback, oldest first, each with its feedback rows."""
         with closing(self._connect()) as db:

@@ -42,9 +42,16 @@ def new_session(key: str) -> str:
     return f"{nonce}.{_sign(key, nonce)}"
 
 
-def session_valid(value: str, keys: list[str]) -> bool:
+def session_key(value: str, keys: list[str]) -> str | None:
+    """The key a session cookie was signed with (the one its user typed at /login), else None."""
     nonce, _, sig = (value or "").partition(".")
-    return bool(nonce and sig) and any(hmac.compare_digest(sig, _sign(k, nonce)) for k in keys if k.strip())
+    if not (nonce and sig):
+        return None
+    return next((k for k in keys if k.strip() and hmac.compare_digest(sig, _sign(k, nonce))), None)
+
+
+def session_valid(value: str, keys: list[str]) -> bool:
+    return session_key(value, keys) is not None
 
 
 def _unauthorized(api: bool):

@@ -1,12 +1,15 @@
 """The Gradio UI, mounted on the FastAPI app at /: chat with sources, documents, the atlas, the latest evals."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Gradio reads the handlers' annotations (gr.LikeData, gr.Request) as objects,
+# and `gr` is imported inside mount_ui, where string annotations would not resolve.
 import html
 import os
 import threading
 from pathlib import Path
 
+from .answer_log import MAX_CORRECTION_CHARS, Feedback, rater_of_key
+from .auth import COOKIE, session_key
+from .errors import ServeError
 from .models import configured, offered
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -49,6 +52,15 @@ def answer_only(content: str) -> str:
     return content.split(EVIDENCE)[0]
 
 
+def answer_ids(ids: list, length: int) -> list:
+    """The completion ids aligned with a chat history of `length` messages (None where unknown), for its new answer.
+
+    Example: ([None, 'a'], 4) -> [None, 'a', None, None].
+    """
+    ids = list(ids or [])[:length]
+    return ids + [None] * (length - len(ids))
+
+
 def mount_ui(app, state):
     import gradio as gr
 
@@ -59,42 +71,74 @@ def mount_ui(app, state):
             raise gr.Error(state.error or "still loading the index and the model; try again in a moment")
         return state.rag
 
-    def respond(message, history, model, top_k, temperature):
+    def respond(message, history, model, top_k, temperature, ids):
         if not message or not message.strip():
-            yield history, "", gr.update()
+            yield history, "", gr.update(), ids
             return
         engine = rag()
         msgs = [{"role": m["role"], "content": answer_only(m["content"])} for m in history
                 if isinstance(m.get("content"), str)]
         msgs.append({"role": "user", "content": message})
         history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        ids = answer_ids(ids, len(history))
         cancel = threading.Event()  # set when Gradio closes this generator (the page went away): stop generating
         try:
             chunks = engine.stream_chunks(model, msgs, max_tokens=settings.llm.max_tokens, temperature=temperature,
                                           retrieval={"top_k": int(top_k)}, cancel=cancel)
-            sources = next(chunks).get("sources", [])
-            panel = sources_html(sources)
-            yield history, "", panel
+            first = next(chunks)
+            ids[-1] = first["id"]  # the answer log's key: 👍 / 👎 and corrections name the answer by it
+            panel = sources_html(first.get("sources", []))
+            yield history, "", panel, ids
             for chunk in chunks:
                 if "queue" in chunk:  # waiting for the model behind other questions (UI and API share one queue)
                     history[-1]["content"] = QUEUED.format(position=chunk["queue"]["position"])
-                    yield history, "", panel
+                    yield history, "", panel, ids
                     continue
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     if history[-1]["content"].startswith(QUEUED[:2]):
                         history[-1]["content"] = ""
                     history[-1]["content"] += delta
-                    yield history, "", panel
+                    yield history, "", panel, ids
                 evidence = (chunk.get("grounding") or {}).get("evidence")
                 if evidence:
                     history[-1]["content"] += evidence_html(evidence)
-                    yield history, "", panel
+                    yield history, "", panel, ids
         except Exception as e:  # shown in the chat, never a dead UI
             history[-1]["content"] = f"⚠️ {e}"
-            yield history, "", gr.update()
+            ids[-1] = None  # nothing was logged: nothing to rate
+            yield history, "", gr.update(), ids
         finally:
             cancel.set()
+
+    def rater(request: gr.Request) -> str:
+        """The API key behind this browser's login when keys are set, else the UI session."""
+        keys = settings.serve.api_keys
+        key = session_key(request.cookies.get(COOKIE, "") if request else "", keys) if keys else None
+        return rater_of_key(key) if key else f"ui:{getattr(request, 'session_hash', None) or 'unknown'}"
+
+    def rate(ids, like: gr.LikeData, request: gr.Request):
+        index = like.index if isinstance(like.index, int) else like.index[0]
+        cid = ids[index] if index < len(ids) else None
+        if cid is None or like.liked not in (True, False):
+            return gr.update()
+        return save(Feedback(cid, rater(request), 1 if like.liked else -1, None, None))
+
+    def correct(text, ids, request: gr.Request):
+        cid = next((i for i in reversed(ids or []) if i), None)
+        if cid is None:
+            return gr.update(), "Ask a question first: a correction improves the last answer."
+        if not (text or "").strip():
+            return gr.update(), "Write the better answer first."
+        return "", save(Feedback(cid, rater(request), None, text.strip()[:MAX_CORRECTION_CHARS], None))
+
+    def save(fb: Feedback) -> str:
+        try:
+            stored = state.answer_log().rate(fb)
+        except ServeError as e:
+            return f"⚠️ {e}"
+        what = {1: "👍", -1: "👎"}.get(stored["rating"], "") + (" and your correction" if stored["correction"] else "")
+        return f"Saved {what.strip()} for answer `{fb.answer_id}`: thank you."
 
     def docs_table():
         from ingest import list_documents
@@ -133,16 +177,22 @@ def mount_ui(app, state):
                 mode = gr.Dropdown(models, value=models[0], label="Mode", elem_id="mode")
                 top_k = gr.Slider(1, 10, value=settings.retrieval.top_k, step=1, label="Top-k passages", elem_id="top-k")
                 temperature = gr.Slider(0, 1.5, value=settings.llm.temperature, step=0.05, label="Temperature")
-            chat = gr.Chatbot(label="Answer", elem_id="chat", height=360)
+            chat = gr.Chatbot(label="Answer", elem_id="chat", height=360, feedback_options=("Like", "Dislike"))
+            ids = gr.State([])  # the completion id of each chat message (None for questions)
             box = gr.Textbox(placeholder="e.g. How much memory does QLoRA need for a 65B model?", label="Question", elem_id="question")
             send = gr.Button("Ask", variant="primary", elem_id="ask")
+            thanks = gr.Markdown(elem_id="feedback-status")
+            with gr.Accordion("Suggest a better answer", open=False):
+                better = gr.Textbox(label="A better answer to the last question", lines=3, elem_id="correction")
+                gr.Button("Send correction", elem_id="send-correction").click(correct, [better, ids], [better, thanks])
             gr.Markdown("### Sources")
             panel = gr.HTML(elem_id="sources")
             for trigger in (box.submit, send.click):
                 # Gradio's own queue would hold all but one question out of sight; ours (serve.max_queue, shared with
                 # the API) admits up to max_active + max_queue and shows each its position, so Gradio lets them through.
-                trigger(respond, [box, chat, mode, top_k, temperature], [chat, box, panel],
+                trigger(respond, [box, chat, mode, top_k, temperature, ids], [chat, box, panel, ids],
                         concurrency_limit=settings.serve.max_active + settings.serve.max_queue)
+            chat.like(rate, ids, thanks)
         from .advice_ui import advisor_tab
 
         advisor_tab(gr, state, ui)

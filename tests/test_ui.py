@@ -27,7 +27,9 @@ def page(live_server):
                   "--no-first-run", "--disable-component-update", "--disable-sync"],
         )
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
-        page.goto(live_server.url + "/", wait_until="networkidle", timeout=90_000)
+        # not "networkidle": a page with per-session state keeps Gradio's heartbeat stream open for as long as it lives
+        page.goto(live_server.url + "/", wait_until="load", timeout=90_000)
+        page.locator("#question textarea").wait_for(timeout=90_000)
         yield page
         browser.close()
 
@@ -60,6 +62,36 @@ def test_chat_streams_an_answer_with_its_sources(page, live_server):
     passages = [p.inner_text() for p in panel.locator(".source .passage").all()]
     assert any(holding["text"].strip() == p.strip() for p in passages), "the passage holding 48 GB, word for word"
     page.screenshot(path=str(ARTIFACTS / "ui-chat.png"), full_page=True)
+
+
+def test_an_answer_is_rated_and_corrected_in_the_ui_and_its_row_found(page, corpus_index):
+    from serve.answer_log import AnswerLog
+
+    question = "What does BitFit train?"
+    page.locator("#question textarea").fill(question)
+    page.locator("#ask").click()
+    page.wait_for_function(
+        "q => [...document.querySelectorAll('#chat [data-testid=\"user\"], #chat .message.user')].some(m => m.innerText.includes(q))",
+        arg=question, timeout=120_000)
+    like = page.locator("#chat button[aria-label='Like']").last
+    like.wait_for(timeout=120_000)
+    log = AnswerLog.of(corpus_index)
+    for _ in range(240):  # the answer is logged when it has finished streaming
+        if any(a["question"] == question for a in log.recent(20)):
+            break
+        page.wait_for_timeout(500)
+    like.click()
+    status = page.locator("#feedback-status")
+    status.get_by_text("Saved 👍").wait_for(timeout=30_000)
+    rated = [a for a in AnswerLog.of(corpus_index).rated() if a["question"] == question]
+    assert len(rated) == 1 and [(f["rating"], f["rater"][:3]) for f in rated[0]["feedback"]] == [(1, "ui:")]
+    page.get_by_text("Suggest a better answer").click()
+    page.locator("#correction textarea").fill("BitFit trains only the bias terms of the model [1].")
+    page.locator("#send-correction").click()
+    status.get_by_text("and your correction").wait_for(timeout=30_000)
+    row = AnswerLog.of(corpus_index).answer(rated[0]["id"])["feedback"]
+    assert [(f["rating"], f["correction"]) for f in row] == [(1, "BitFit trains only the bias terms of the model [1].")]
+    page.screenshot(path=str(ARTIFACTS / "ui-feedback.png"), full_page=True)
 
 
 def test_documents_and_atlas_tabs(page):
