@@ -236,6 +236,110 @@ def finetune_card(settings: Settings, adapter, report) -> None:
     click.echo(record_eval(adapter, report, settings.relative(report)))
 
 
+@finetune.command("dpo")
+@click.option("--pairs", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Preference pairs from `ftatlas feedback export` (default: <data_dir>/feedback/pairs.jsonl).")
+@click.option("--base", "base_model", default="gemma3", show_default=True, help="The base whose current adapter is continued.")
+@click.option("--adapter", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="The SFT adapter to continue (default: the one served for --base, a promoted one first).")
+@click.option("--run-id", default=None, help="runs/<run-id>/ (default: a timestamp).")
+@click.option("--steps", default=40, show_default=True, type=click.IntRange(1), help="Optimizer steps (one pair each).")
+@click.option("--beta", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--learning-rate", default=5e-5, show_default=True, type=float)
+@click.option("--max-length", default=2048, show_default=True, type=click.IntRange(64), help="Tokens per prompt + answer.")
+@click.option("--quiet", is_flag=True)
+@pass_settings
+@friendly
+def finetune_dpo(settings: Settings, pairs, base_model, adapter, run_id, steps, beta, learning_rate, max_length, quiet) -> None:
+    """DPO on preference pairs, continuing the served SFT adapter with itself as the frozen reference."""
+    from finetune.dpo import dpo
+    from serve.bases import lora_models
+    from serve.promoted import serving_settings
+
+    if adapter is None:
+        found = {b: f for b, f in lora_models(serving_settings(settings).llm).values()}
+        if base_model not in found:
+            raise click.ClickException(f"no adapter is served for {base_model}; pass --adapter")
+        adapter = settings.path(found[base_model])
+    result = dpo(settings, pairs or settings.data_dir / "feedback" / "pairs.jsonl", adapter, base_name=base_model,
+                 run_id=run_id, max_steps=steps, beta=beta, learning_rate=learning_rate, max_length=max_length,
+                 progress=not quiet, echo=click.echo)
+    click.echo(result.text())
+
+
+@cli.group()
+def feedback() -> None:
+    """The answer log's ratings and corrections, and the preference pairs made from them."""
+
+
+@feedback.command("export")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="JSONL in TRL's preference format (default: <data_dir>/feedback/pairs.jsonl; a card goes beside it).")
+@click.option("--base", default="gemma3", show_default=True, help="Whose current adapter samples the self-supplied pairs.")
+@click.option("--questions", default=100, show_default=True, type=click.IntRange(0),
+              help="Training questions to sample self-supplied pairs for (0: only people's feedback).")
+@click.option("--samples", default=4, show_default=True, type=click.IntRange(2), help="Answers sampled per question.")
+@pass_settings
+@friendly
+def feedback_export(settings: Settings, out, base, questions, samples) -> None:
+    """Preference pairs: corrections, 👍 against 👎 answers, and the grounding check's own verdicts on sampled answers."""
+    import json
+
+    from finetune.pairs import export
+    from serve import RagEngine
+    from serve.promoted import serving_settings
+
+    rag = None
+    if questions:
+        settings = serving_settings(settings)
+        _probe(settings)
+        rag = RagEngine(settings)
+        rag.load_adapter()
+    try:
+        card = export(settings, out or settings.data_dir / "feedback" / "pairs.jsonl", rag, base, questions, samples,
+                      echo=click.echo)
+    finally:
+        if rag is not None:
+            rag.close()
+    click.echo(json.dumps(card, indent=2, ensure_ascii=False))
+
+
+@cli.group()
+def adapters() -> None:
+    """The served adapter: promote a trained run through the eval gate, or roll back."""
+
+
+@adapters.command("promote")
+@click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions of each set (a quick, weaker gate).")
+@click.option("--quiet", is_flag=True)
+@pass_settings
+@friendly
+def adapters_promote(settings: Settings, run, limit, quiet) -> None:
+    """Evaluate RUN's adapter against the current one on dev + held-out; promote it only when no gated figure drops."""
+    from evals.promote import gated_eval
+    from serve.promoted import promote
+
+    decision = gated_eval(settings, run / "adapter", run / "gate", limit=limit, progress=not quiet, echo=click.echo)
+    click.echo((run / "gate" / "gate.md").read_text(encoding="utf-8"))
+    if decision["promote"]:
+        click.echo(f"promoted: {settings.relative(promote(settings, run / 'adapter', decision))} is now served for "
+                   f"{decision['base']} (restart the server); `ftatlas adapters rollback` undoes it")
+    else:
+        raise click.ClickException(f"not promoted: {', '.join(decision['failed'])} dropped by more than "
+                                   f"{decision['tolerance']}")
+
+
+@adapters.command("rollback")
+@pass_settings
+@friendly
+def adapters_rollback(settings: Settings) -> None:
+    """Serve the previously promoted adapter again."""
+    from serve.promoted import rollback
+
+    click.echo(f"now served: {settings.relative(rollback(settings))} (restart the server)")
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks: print figures (never part of `make test`)."""
@@ -392,7 +496,9 @@ def serve(settings: Settings, engine, model, base_url, host, port) -> None:
 
     from serve import create_app
 
-    settings = _llm_overrides(settings, engine, model, base_url)
+    from serve.promoted import serving_settings
+
+    settings = serving_settings(_llm_overrides(settings, engine, model, base_url))  # a promoted adapter wins
     host, port = host or settings.serve.host, port or settings.serve.port
     _probe(settings)  # before uvicorn binds: a native crash becomes one line, not a dead server
     app = create_app(settings)
@@ -420,8 +526,10 @@ def ask(settings: Settings, question: str, mode: str, engine, max_tokens, histor
     from serve import RagEngine
     from serve.prompt import load_history
 
+    from serve.promoted import serving_settings
+
     history = load_history(history_file) if history_file else []
-    settings = _llm_overrides(settings, engine, None, None)
+    settings = serving_settings(_llm_overrides(settings, engine, None, None))  # a promoted adapter wins
     _probe(settings)
     run_ingest(settings, progress=False)
     rag = RagEngine(settings)

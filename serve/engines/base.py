@@ -62,6 +62,7 @@ class GenerationParams:
     top_p: float = 0.9
     stop: list[str] = field(default_factory=list)
     repeat_penalty: float = 1.15
+    seed: int = 0  # the sampler's seed: the same seed and prompt give the same sample; others give others
     cancel: threading.Event = field(default_factory=threading.Event)  # set when the caller went away: stop generating
 
 

@@ -59,7 +59,7 @@ def worker(conn: Connection) -> None:
         finish = "stop"
         try:
             llm.reset()
-            for chunk in llm.create_chat_completion(messages=messages, stream=True, seed=0, **params):
+            for chunk in llm.create_chat_completion(messages=messages, stream=True, **params):
                 choice = chunk["choices"][0]
                 delta = choice["delta"].get("content")
                 if delta:

@@ -85,6 +85,7 @@ class TransformersEngine:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            torch.manual_seed(params.seed)
         outcome: dict = {}
 
         def work():

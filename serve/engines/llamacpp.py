@@ -67,7 +67,7 @@ class LlamaCppEngine:
             self.llm.reset()
             for chunk in self.llm.create_chat_completion(
                 messages=messages, stream=True, max_tokens=params.max_tokens, temperature=params.temperature,
-                top_p=params.top_p, stop=params.stop or None, repeat_penalty=params.repeat_penalty, seed=0,
+                top_p=params.top_p, stop=params.stop or None, repeat_penalty=params.repeat_penalty, seed=params.seed,
             ):
                 if params.cancel.is_set():  # the caller disconnected: leaving the loop stops llama.cpp
                     break

@@ -41,7 +41,7 @@ class OpenAIEngine:
             # `with`: a caller that stops reading closes the request, and the server stops generating.
             with self.client.chat.completions.create(
                 model=self.model, messages=messages, stream=True, max_tokens=params.max_tokens,
-                temperature=params.temperature, top_p=params.top_p, stop=params.stop or None,
+                temperature=params.temperature, top_p=params.top_p, stop=params.stop or None, seed=params.seed,
                 extra_body={"repeat_penalty": params.repeat_penalty, "repetition_penalty": params.repeat_penalty},
             ) as stream:
                 for chunk in stream:

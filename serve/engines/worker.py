@@ -71,7 +71,7 @@ class ProcessLlama:
     def stream(self, messages: list[dict], params: GenerationParams) -> Generator[str, None, str]:
         """Deltas from the child, then its finish reason; closing this generator early, or params.cancel, tells the
         child to stop decoding."""
-        call = {k: getattr(params, k) for k in ("max_tokens", "temperature", "top_p", "repeat_penalty")}
+        call = {k: getattr(params, k) for k in ("max_tokens", "temperature", "top_p", "repeat_penalty", "seed")}
         call["stop"] = list(params.stop) or None
         with self._lock:
             if self.dead:
