@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +70,7 @@ def gated_eval(settings, candidate: Path, out: Path, limit: int | None = None, p
 
         raise AdapterError(f"no current adapter for base {base} to compare against (llm.adapters.{base})")
     model, current = found[base]
-    rows, reports = {}, {}
+    rows, reports, t0 = {}, {}, time.monotonic()
     for side, folder in (("current", served.path(current)), ("candidate", Path(candidate).resolve())):
         llm = served.llm
         llm = (llm.model_copy(update={"adapter": folder}) if llm.adapter is not None and model == "atlas-rag-lora"
@@ -81,7 +82,8 @@ def gated_eval(settings, candidate: Path, out: Path, limit: int | None = None, p
         rows[side], reports[side] = by_set(results, model), settings.relative(folder_out)
     decision = decide(rows["current"], rows["candidate"])
     decision |= {"model": model, "base": base, "current": settings.relative(served.path(current)),
-                 "candidate": settings.relative(candidate), "reports": reports, "limit": limit}
+                 "candidate": settings.relative(candidate), "reports": reports, "limit": limit,
+                 "eval_seconds": round(time.monotonic() - t0, 1)}
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, text in (("gate.json", json.dumps(decision, indent=2, ensure_ascii=False)),
                        ("gate.md", markdown(decision, decision["candidate"], decision["current"]))):

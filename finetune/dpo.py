@@ -17,7 +17,8 @@ from .base import resolve_base
 from .errors import FinetuneError
 from .pairs import CARD
 from .plot import loss_points
-from .train import _point_latest, _versions, device_plan, load_model
+from .plot import plot_lines
+from .train import _point_latest, _versions, device_plan, load_model, save_adapter
 
 
 @dataclass
@@ -84,30 +85,6 @@ def make_dpo_trainer(settings, pairs: list[dict], sft_adapter: Path, base, outpu
                       processing_class=tokenizer)
 
 
-def plot_margins(history: list[dict], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, label in (("rewards/margins", "chosen - rejected"), ("rewards/chosen", "chosen"),
-                       ("rewards/rejected", "rejected")):
-        steps, values = loss_points(history, key)
-        if steps:
-            ax.plot(steps, values, "-" if key == "rewards/margins" else ":", label=label)
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("implicit reward (beta x log-ratio to the SFT adapter)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
 def dpo(settings, pairs_path: Path, sft_adapter: Path, *, base_name: str | None = None, run_id: str | None = None,
         max_steps: int = 40, beta: float = 0.1, learning_rate: float = 5e-5, max_length: int = 2048,
         progress: bool = True, echo: Callable[[str], None] = print) -> DpoResult:
@@ -140,19 +117,13 @@ def dpo(settings, pairs_path: Path, sft_adapter: Path, *, base_name: str | None 
     t0 = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - t0
-    adapter, model = run_dir / "adapter", trainer.model
-    model.peft_config["default"].base_model_name_or_path = base.id
-    model.save_pretrained(str(adapter), safe_serialization=True, save_embedding_layers=False,
-                          selected_adapters=["default"])  # the policy only; "ref" is the SFT adapter it started from
-    validate_adapter(adapter, model.get_base_model().config, check_name=False)
-    gguf_path = None
-    if base.gguf is not None:
-        from serve.gguf_lora import convert
-
-        gguf_path = convert(adapter, base.gguf)
+    adapter = run_dir / "adapter"
+    gguf_path = save_adapter(trainer.model, base, adapter)  # the policy only, not the "ref" copy
     history = trainer.state.log_history
     (run_dir / "log_history.json").write_text(json.dumps(history, indent=2))
-    plot_margins(history, run_dir / "margins.png", f"{run_id}: DPO reward margins (beta {beta})")
+    plot_lines(history, (("rewards/margins", "chosen - rejected", "-"), ("rewards/chosen", "chosen", ":"),
+                         ("rewards/rejected", "rejected", ":")), run_dir / "margins.png",
+               "implicit reward (beta x log-ratio to the SFT adapter)", f"{run_id}: DPO reward margins (beta {beta})")
     margins = loss_points(history, "rewards/margins")[1]
     losses = loss_points(history, "loss")[1]
     result = DpoResult(run_id, run_dir, adapter, gguf_path, trainer.state.global_step, seconds, beta, len(pairs),

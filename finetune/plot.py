@@ -1,4 +1,4 @@
-"""The loss curve of a run as a PNG (train loss per logged step, validation loss where evaluated)."""
+"""A run's curves as PNGs: SFT train and validation loss, DPO reward margins, per logged optimizer step."""
 
 from __future__ import annotations
 
@@ -12,19 +12,27 @@ def loss_points(log_history: list[dict], key: str) -> tuple[list[int], list[floa
 
 
 def plot_loss(log_history: list[dict], path: Path, title: str = "") -> Path:
+    return plot_lines(log_history, (("loss", "train", "-"), ("eval_loss", "validation", "o--")), path,
+                      "loss (answer tokens)", title or "LoRA fine-tuning loss")
+
+
+def plot_lines(log_history: list[dict], lines: tuple, path: Path, ylabel: str, title: str) -> Path:
+    """One PNG of logged metrics over optimizer steps; `lines` holds (key, label, matplotlib style) triples."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in tests
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for key, label, style in (("loss", "train", "-"), ("eval_loss", "validation", "o--")):
+    for key, label, style in lines:
         steps, values = loss_points(log_history, key)
         if steps:
             ax.plot(steps, values, style, label=label)
+    if any(key.startswith("rewards/") for key, _, _ in lines):  # a reward's sign matters: mark zero
+        ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (answer tokens)")
-    ax.set_title(title or "LoRA fine-tuning loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

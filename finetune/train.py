@@ -224,16 +224,7 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     seconds = time.monotonic() - t0
 
     adapter = run_dir / "adapter"
-    model = trainer.model
-    model.peft_config["default"].base_model_name_or_path = base.id  # what vLLM and validate_adapter compare
-    # Embeddings are never trained here; "auto" would look the base up on the hub to check for resized vocabularies.
-    model.save_pretrained(str(adapter), safe_serialization=True, save_embedding_layers=False)
-    validate_adapter(adapter, model.get_base_model().config, check_name=False)
-    gguf_path = None
-    if base.gguf is not None:
-        from serve.gguf_lora import convert
-
-        gguf_path = convert(adapter, base.gguf)
+    gguf_path = save_adapter(trainer.model, base, adapter)
     history = trainer.state.log_history
     (run_dir / "log_history.json").write_text(json.dumps(history, indent=2))
     plot_loss(history, run_dir / "loss.png", title=f"{run_id} — {base.id}")
@@ -248,6 +239,22 @@ def train(settings, data: Path | None = None, *, run_id: str | None = None, max_
     if base.name:
         _point_latest(runs, run_id, f"latest-{base.name}")
     return result
+
+
+def save_adapter(model, base: Base, adapter: Path) -> Path | None:
+    """Save the "default" LoRA adapter of a peft model (peft layout), check it, and convert it for llama.cpp when the
+    base has a GGUF; returns the lora.gguf path, if written."""
+    model.peft_config["default"].base_model_name_or_path = base.id  # what vLLM and validate_adapter compare
+    # Embeddings are never trained here; "auto" would look the base up on the hub to check for resized vocabularies.
+    # Only "default": a DPO model also holds "ref", the frozen copy of the adapter it started from.
+    model.save_pretrained(str(adapter), safe_serialization=True, save_embedding_layers=False,
+                          selected_adapters=["default"])
+    validate_adapter(adapter, model.get_base_model().config, check_name=False)
+    if base.gguf is None:
+        return None
+    from serve.gguf_lora import convert
+
+    return convert(adapter, base.gguf)
 
 
 def _point_latest(runs: Path, run_id: str, link: str) -> None:

@@ -50,6 +50,21 @@ def corpus_index(corpus_settings, embedder):
     return corpus_settings
 
 
+def tiny_llama(folder: Path, tok) -> Path:
+    """A 2-layer, hidden-32 Llama with `tok`'s vocabulary, built from a config and saved with it as an HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def free_port() -> int:
     import socket
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, make_settings
+from conftest import REPO, make_settings, tiny_llama
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -99,20 +99,12 @@ def test_self_supplied_pairs_pair_grounded_samples_against_ungrounded_ones(rag):
 def tiny(tmp_path_factory):
     """A 2-layer Llama with the SmolLM2 tokenizer and an SFT LoRA adapter on it (B non-zero, as after training)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from finetune.base import bundled_gguf
 
     gguf = bundled_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("tiny-base")
-    LlamaForCausalLM(config).save_pretrained(base)
-    tok.save_pretrained(base)
+    base = tiny_llama(tmp_path_factory.mktemp("tiny-base"), AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
     model = get_peft_model(LlamaForCausalLM.from_pretrained(base), LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     with torch.no_grad():

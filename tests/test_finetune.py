@@ -32,7 +32,7 @@ from serve.prompt import NO_ANSWER, build_messages, split_sentences
 from serve.rag import question_language, retrieval_query
 from serve.retrieval import Passage, RetrievalOptions, Retriever
 
-from conftest import REPO
+from conftest import REPO, tiny_llama
 
 P = 0.2
 LEAK_EXACT = "which PARAMETERS does BitFit update during fine-tuning -- and what stays frozen"  # eval q001, re-cased
@@ -117,18 +117,7 @@ def retriever(ft_settings, embedder):
 @pytest.fixture(scope="module")
 def tiny_base(smol_tokenizer, tmp_path_factory):
     """A 2-layer, hidden-32 Llama with the SmolLM2 vocabulary, built from a config and saved as an HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = smol_tokenizer
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smol_tokenizer)
 
 
 @pytest.fixture(scope="module")
