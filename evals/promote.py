@@ -53,37 +53,63 @@ def markdown(decision: dict, candidate: str, current: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gated_eval(settings, candidate: Path, out: Path, limit: int | None = None, progress: bool = True,
-               echo: Callable[[str], None] = print) -> dict:
-    """Evaluate the current adapter and the candidate (same base, same questions, same engine settings) on both sets;
-    write gate.json and gate.md into `out` and return the decision with both reports named."""
-    from serve.bases import lora_models
+def side_by_side(settings, candidate: Path):
+    """The settings that serve the current adapter and the candidate together: (settings, base, current model id,
+    its folder, candidate model id). The candidate is the variant `<base>-candidate` of the same base."""
+    from serve.bases import served_adapter
+    from serve.errors import AdapterError
     from serve.promoted import base_of_adapter, serving_settings
-
-    from . import run_eval
 
     base = base_of_adapter(candidate)
     served = serving_settings(settings)
-    found = {b: (name, folder) for name, (b, folder) in lora_models(served.llm).items()}
-    if base not in found:
-        from serve.errors import AdapterError
-
+    found = served_adapter(served.llm, base)
+    if found is None:
         raise AdapterError(f"no current adapter for base {base} to compare against (llm.adapters.{base})")
-    model, current = found[base]
-    rows, reports, t0 = {}, {}, time.monotonic()
-    for side, folder in (("current", served.path(current)), ("candidate", Path(candidate).resolve())):
-        llm = served.llm
-        llm = (llm.model_copy(update={"adapter": folder}) if llm.adapter is not None and model == "atlas-rag-lora"
-               else llm.model_copy(update={"adapters": {**llm.adapters, base: folder}}))
-        echo(f"gate: {side} adapter {settings.relative(folder)} as {model}")
-        run, folder_out = run_eval(served.model_copy(update={"llm": llm}), configs=[model], sets="all", limit=limit,
-                                   progress=progress, reports_dir=Path(out) / side)
-        results = json.loads((folder_out / "results.json").read_text(encoding="utf-8"))
-        rows[side], reports[side] = by_set(results, model), settings.relative(folder_out)
-    decision = decide(rows["current"], rows["candidate"])
-    decision |= {"model": model, "base": base, "current": settings.relative(served.path(current)),
-                 "candidate": settings.relative(candidate), "reports": reports, "limit": limit,
-                 "eval_seconds": round(time.monotonic() - t0, 1)}
+    llm = served.llm.model_copy(update={"adapters": {**served.llm.adapters, f"{base}-candidate": Path(candidate).resolve()}})
+    return served.model_copy(update={"llm": llm}), base, found[0], found[1], f"atlas-rag-lora-{base}-candidate"
+
+
+def gated_eval(settings, candidate: Path, out: Path, limit: int | None = None, progress: bool = True,
+               echo: Callable[[str], None] = print) -> dict:
+    """Evaluate the current adapter and the candidate in one eval run (same questions, engine settings and
+    retrieval) on both sets; write gate.json and gate.md into `out` and return the decision."""
+    from . import run_eval
+
+    both, base, model, current, rival = side_by_side(settings, candidate)
+    echo(f"gate: {settings.relative(settings.path(current))} ({model}) against {settings.relative(candidate)} ({rival})")
+    t0 = time.monotonic()
+    _, report = run_eval(both, configs=[model, rival], sets="all", limit=limit, progress=progress,
+                         reports_dir=Path(out) / "reports")
+    decision = _decision(settings, report, base, model, current, rival, candidate, limit)
+    decision["eval_seconds"] = round(time.monotonic() - t0, 1)
+    return _write(out, decision)
+
+
+def gate_from_report(settings, candidate: Path, report: Path, rival: str, out: Path) -> dict:
+    """The gate's decision from an eval run that already holds the current adapter and the candidate (served as
+    `rival`) side by side on both whole sets; refused when the report measured other adapters or fewer questions."""
+    from .errors import EvalError
+
+    _, base, model, current, _ = side_by_side(settings, candidate)
+    results = json.loads((Path(report) / "results.json").read_text(encoding="utf-8"))
+    for name, folder in ((model, settings.path(current)), (rival, Path(candidate).resolve())):
+        said = f"{name}: adapter {settings.relative(folder)}"  # evals/adapter_run.py's note, and its details
+        if not any(n == said or n.startswith(said + " ") for n in results.get("notes", [])):
+            raise EvalError(f"{report} did not measure {settings.relative(folder)} as {name}: its notes name other adapters")
+    if results.get("status") != "complete" or set(results.get("sets", [])) != set(SETS):
+        raise EvalError(f"{report} is not a complete run of both sets (dev and heldout)")
+    return _write(out, _decision(settings, Path(report), base, model, current, rival, candidate, None))
+
+
+def _decision(settings, report: Path, base, model, current, rival, candidate, limit) -> dict:
+    results = json.loads((Path(report) / "results.json").read_text(encoding="utf-8"))
+    decision = decide(by_set(results, model), by_set(results, rival))
+    return decision | {"model": model, "candidate_model": rival, "base": base,
+                       "current": settings.relative(settings.path(current)), "candidate": settings.relative(candidate),
+                       "report": settings.relative(report), "limit": limit}
+
+
+def _write(out: Path, decision: dict) -> dict:
     Path(out).mkdir(parents=True, exist_ok=True)
     for name, text in (("gate.json", json.dumps(decision, indent=2, ensure_ascii=False)),
                        ("gate.md", markdown(decision, decision["candidate"], decision["current"]))):

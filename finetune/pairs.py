@@ -14,7 +14,7 @@ from typing import Callable
 
 from serve.answer import grounded_answer
 from serve.answer_log import AnswerLog
-from serve.bases import lora_models
+from serve.bases import served_adapter
 from serve.promoted import serving_settings
 
 from .errors import FinetuneError
@@ -67,9 +67,9 @@ def from_log(rated: list[dict]) -> list[Pair]:
 
 def adapter_model(settings, base: str) -> str:
     """The model id that serves the current adapter of `base` (the promoted one when there is one)."""
-    for name, (b, _) in lora_models(serving_settings(settings).llm).items():
-        if b == base:
-            return name
+    found = served_adapter(serving_settings(settings).llm, base)
+    if found is not None:
+        return found[0]
     raise FinetuneError(f"no adapter is configured for base {base!r} (llm.adapters.{base}); train and ship one first")
 
 

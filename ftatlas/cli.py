@@ -253,14 +253,14 @@ def finetune_card(settings: Settings, adapter, report) -> None:
 def finetune_dpo(settings: Settings, pairs, base_model, adapter, run_id, steps, beta, learning_rate, max_length, quiet) -> None:
     """DPO on preference pairs, continuing the served SFT adapter with itself as the frozen reference."""
     from finetune.dpo import dpo
-    from serve.bases import lora_models
+    from serve.bases import served_adapter
     from serve.promoted import serving_settings
 
     if adapter is None:
-        found = {b: f for b, f in lora_models(serving_settings(settings).llm).values()}
-        if base_model not in found:
+        found = served_adapter(serving_settings(settings).llm, base_model)
+        if found is None:
             raise click.ClickException(f"no adapter is served for {base_model}; pass --adapter")
-        adapter = settings.path(found[base_model])
+        adapter = settings.path(found[1])
     result = dpo(settings, pairs or settings.data_dir / "feedback" / "pairs.jsonl", adapter, base_name=base_model,
                  run_id=run_id, max_steps=steps, beta=beta, learning_rate=learning_rate, max_length=max_length,
                  progress=not quiet, echo=click.echo)
@@ -312,15 +312,24 @@ def adapters() -> None:
 @adapters.command("promote")
 @click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N questions of each set (a quick, weaker gate).")
+@click.option("--report", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Decide from this eval run (both sets, whole) instead of running one; it must have served RUN's "
+                   "adapter as --as and the current adapter under its own name.")
+@click.option("--as", "rival", default=None, help="With --report: the model id RUN's adapter had there (e.g. atlas-rag-lora-gemma3-dpo).")
 @click.option("--quiet", is_flag=True)
 @pass_settings
 @friendly
-def adapters_promote(settings: Settings, run, limit, quiet) -> None:
+def adapters_promote(settings: Settings, run, limit, report, rival, quiet) -> None:
     """Evaluate RUN's adapter against the current one on dev + held-out; promote it only when no gated figure drops."""
-    from evals.promote import gated_eval
+    from evals.promote import gate_from_report, gated_eval
     from serve.promoted import promote
 
-    decision = gated_eval(settings, run / "adapter", run / "gate", limit=limit, progress=not quiet, echo=click.echo)
+    if report is not None:
+        if not rival:
+            raise click.ClickException("--report needs --as: the model id RUN's adapter was evaluated as")
+        decision = gate_from_report(settings, run / "adapter", report, rival, run / "gate")
+    else:
+        decision = gated_eval(settings, run / "adapter", run / "gate", limit=limit, progress=not quiet, echo=click.echo)
     click.echo((run / "gate" / "gate.md").read_text(encoding="utf-8"))
     if decision["promote"]:
         click.echo(f"promoted: {settings.relative(promote(settings, run / 'adapter', decision))} is now served for "

@@ -95,17 +95,29 @@ def base_of_model(model: str) -> str | None:
     return None
 
 
+def adapter_key(key: str) -> tuple[str, str]:
+    """An llm.adapters key as (its name in model ids, its base). A key may name a variant of a base's adapter, to
+    serve two adapters of one base side by side. Example: 'gemma3' -> ('gemma3', 'gemma3'); 'gemma3_dpo' ->
+    ('gemma3-dpo', 'gemma3'); 'bundled' -> ('smollm2', 'smollm2')."""
+    name = key.lower().replace("_", "-")
+    base, _, label = name.partition("-")
+    base = ALIASES.get(base, base)
+    return (f"{base}-{label}" if label else base), base
+
+
 def lora_models(llm) -> dict[str, tuple[str | None, Path]]:
     """Model id -> (base name, adapter folder) for the adapters settings name.
 
     `llm.adapter` (the setting from before there were two bases) and `llm.adapters[<base of llm.model>]` are the
-    same adapter, served as `atlas-rag-lora`; every other `llm.adapters` entry is `atlas-rag-lora-<base>`.
-    Example: model 'bundled', adapters {smollm2: a, gemma3: b} ->
-    {'atlas-rag-lora': ('smollm2', a), 'atlas-rag-lora-gemma3': ('gemma3', b)}.
+    same adapter, served as `atlas-rag-lora`; every other `llm.adapters` entry is `atlas-rag-lora-<key>`, where a
+    key is a base or a variant of one (`gemma3-dpo`: see adapter_key).
+    Example: model 'bundled', adapters {smollm2: a, gemma3: b, gemma3_dpo: c} ->
+    {'atlas-rag-lora': ('smollm2', a), 'atlas-rag-lora-gemma3': ('gemma3', b), 'atlas-rag-lora-gemma3-dpo': ('gemma3', c)}.
     """
     default = base_of_model(llm.model)
-    adapters = {ALIASES.get(k, k): Path(v) for k, v in (llm.adapters or {}).items()}
-    unknown = sorted(k for k in adapters if k not in BASES)
+    adapters = {adapter_key(k)[0]: Path(v) for k, v in (llm.adapters or {}).items()}
+    bases = {k: adapter_key(k)[1] for k in adapters}
+    unknown = sorted(k for k in adapters if bases[k] not in BASES)
     if unknown:
         raise EngineUnavailable(f"llm.adapters names unknown base(s) {unknown}; known: {sorted(BASES)}")
     out: dict[str, tuple[str | None, Path]] = {}
@@ -118,5 +130,13 @@ def lora_models(llm) -> dict[str, tuple[str | None, Path]]:
         out[DEFAULT_LORA] = (default, adapters[default])
     for name, path in adapters.items():
         if name != default:
-            out[f"{DEFAULT_LORA}-{name}"] = (name, path)
+            out[f"{DEFAULT_LORA}-{name}"] = (bases[name], path)
     return out
+
+
+def served_adapter(llm, base: str) -> tuple[str, Path] | None:
+    """The model id and folder of `base`'s own adapter (not a variant), or None. Example: gemma3 ->
+    ('atlas-rag-lora-gemma3', adapters/gemma3), or ('atlas-rag-lora', …) when llm.model is Gemma 3."""
+    models = lora_models(llm)
+    name = DEFAULT_LORA if base_of_model(llm.model) == base else f"{DEFAULT_LORA}-{base}"
+    return (name, models[name][1]) if name in models and models[name][0] == base else None

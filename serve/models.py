@@ -22,8 +22,8 @@ class ModelSpec:
 
     @property
     def slot(self) -> bool | str:
-        """Which engine answers: False the base model, True the default adapter, or the base of another adapter."""
-        return self.base if self.base is not None else self.adapter
+        """Which engine answers: False the base model, True the default adapter, or another adapter's model id."""
+        return self.name if self.base is not None else self.adapter
 
 
 MODELS: dict[str, ModelSpec] = {

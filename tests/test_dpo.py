@@ -205,3 +205,30 @@ def test_promotion_switches_what_is_served_and_rollback_switches_it_back(tmp_pat
     assert rollback(settings) == runs[0] and current(settings) == runs[0]
     assert (root / "previous").resolve() == runs[1], "a rollback can itself be undone"
     assert not list(root.glob(".*.tmp")) and not list((root / "versions").glob(".*")), "no half-written leftovers"
+
+
+def test_the_gate_decides_from_a_report_only_when_it_measured_these_two_adapters(tmp_path):
+    import shutil
+
+    from evals.errors import EvalError
+    from evals.promote import gate_from_report
+
+    settings = make_settings(tmp_path / "data", llm={"adapters": {"gemma3": "adapters/gemma3"}})
+    run = tmp_path / "runs" / "dpo"
+    shutil.copytree(REPO / "adapters" / "gemma3", run / "adapter")
+    results = json.loads((REPO / "reports" / "latest" / "results.json").read_text(encoding="utf-8"))
+    report = tmp_path / "report"
+    report.mkdir()
+    # the committed report measured adapters/gemma3 only: it says nothing about this candidate
+    (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    with pytest.raises(EvalError, match="did not measure"):
+        gate_from_report(settings, run / "adapter", report, "atlas-rag-lora-gemma3-dpo", run / "gate")
+    # the same rows relabelled as a side-by-side run of both adapters: the same figures, so it is promoted
+    rival = [{**r, "config": "atlas-rag-lora-gemma3-dpo"} for r in results["summary"]["by_set"]
+             if r["config"] == "atlas-rag-lora-gemma3"]
+    results["summary"]["by_set"] += rival
+    results["notes"].append(f"atlas-rag-lora-gemma3-dpo: adapter {run / 'adapter'} (5.6 MiB; run dpo)")
+    (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    decision = gate_from_report(settings, run / "adapter", report, "atlas-rag-lora-gemma3-dpo", run / "gate")
+    assert decision["promote"] and decision["current"] == "adapters/gemma3"
+    assert "winner: **candidate**" in (run / "gate" / "gate.md").read_text()

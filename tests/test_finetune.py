@@ -675,7 +675,7 @@ def test_the_trainer_uses_answer_only_logits_unless_turned_off(tiny_settings, bu
 
 
 def test_adapter_map_names_the_default_base_atlas_rag_lora_and_the_others_by_base(monkeypatch, tmp_path):
-    from serve.bases import base_of_model, lora_models
+    from serve.bases import base_of_model, lora_models, served_adapter
     from serve.errors import EngineUnavailable
 
     s = load_settings("test", root=REPO)
@@ -694,6 +694,13 @@ def test_adapter_map_names_the_default_base_atlas_rag_lora_and_the_others_by_bas
         lora_models(llm.model_copy(update={"adapter": b}))
     with pytest.raises(EngineUnavailable, match="unknown base"):
         lora_models(s.llm.model_copy(update={"adapters": {"llama9": a}}))
+    # a variant of a base's adapter is served beside it (the gate and the report compare the two in one run)
+    c = tmp_path / "c"
+    both = llm.model_copy(update={"adapters": {"smollm2": a, "gemma3": b, "gemma3_dpo": c}})
+    assert lora_models(both)["atlas-rag-lora-gemma3-dpo"] == ("gemma3", c)
+    assert served_adapter(both, "gemma3") == ("atlas-rag-lora-gemma3", b) and served_adapter(both, "smollm2")[1] == a
+    with pytest.raises(EngineUnavailable, match="unknown base"):
+        lora_models(s.llm.model_copy(update={"adapters": {"llama9-dpo": a}}))
     monkeypatch.setenv("FTATLAS_LLM__ADAPTERS__GEMMA3", str(b))
     assert load_settings("test", root=REPO).llm.adapters == {"gemma3": b}
 
