@@ -6,6 +6,7 @@ SQLite in the data folder, in WAL mode with synchronous=FULL: a committed answer
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sqlite3
@@ -66,18 +67,20 @@ class Feedback:
     comment: str | None
 
 
-def adapter_sha256(folder: Path | None, _cache: dict = {}) -> str | None:  # noqa: B006 (a cache by path and mtime)
+def adapter_sha256(folder: Path | None) -> str | None:
     """The sha256 of an adapter's weights file, read once per file version. Example: None -> None."""
     if folder is None:
         return None
     weights = Path(folder) / "adapter_model.safetensors"
     try:
-        key = (str(weights), weights.stat().st_mtime_ns)
+        return _file_sha256(str(weights), weights.stat().st_mtime_ns)
     except OSError:
         return None
-    if key not in _cache:
-        _cache[key] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return _cache[key]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int) -> str:  # mtime_ns: a rewritten file is hashed again
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class AnswerLog:

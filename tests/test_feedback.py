@@ -214,3 +214,25 @@ def test_a_damaged_log_file_is_kept_and_named_and_answers_go_on(corpus_index, ap
     assert damaged.read_bytes() == before
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(damaged).execute("SELECT * FROM answers").fetchall()
+
+
+def test_an_adapter_answer_records_its_adapter_and_the_hash_of_its_weights(rag, tmp_path):
+    import hashlib
+    from dataclasses import replace
+    from pathlib import Path
+
+    from serve.answer_log import AnswerLog
+    from serve.models import ModelSpec
+
+    prep = rag.prepare("atlas-rag", [{"role": "user", "content": "What is LoRA?"}])
+    prep = replace(prep, spec=ModelSpec("atlas-rag-lora-gemma3", True, True, "", "gemma3", Path("adapters/gemma3")))
+    log, before = AnswerLog(tmp_path / "answers.sqlite3"), rag.answer_log
+    rag.answer_log = log
+    try:
+        rag.log("chatcmpl-adapter", [{"role": "user", "content": "What is LoRA?"}], prep, "LoRA adds low-rank updates.")
+    finally:
+        rag.answer_log = before
+    row = log.answer("chatcmpl-adapter")
+    weights = REPO / "adapters" / "gemma3" / "adapter_model.safetensors"
+    assert row["model"] == "atlas-rag-lora-gemma3" and row["adapter"] == "adapters/gemma3"
+    assert row["adapter_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
