@@ -68,6 +68,8 @@ def test_an_answer_is_rated_and_corrected_in_the_ui_and_its_row_found(page, corp
     from serve.answer_log import AnswerLog
 
     question = "What does BitFit train?"
+    log = AnswerLog.of(corpus_index)  # shared by the session: other tests may have asked the same question
+    asked = {a["id"] for a in log.recent(50)}
     page.locator("#question textarea").fill(question)
     page.locator("#ask").click()
     page.wait_for_function(
@@ -75,21 +77,22 @@ def test_an_answer_is_rated_and_corrected_in_the_ui_and_its_row_found(page, corp
         arg=question, timeout=120_000)
     like = page.locator("#chat button[aria-label='Like']").last
     like.wait_for(timeout=120_000)
-    log = AnswerLog.of(corpus_index)
     for _ in range(240):  # the answer is logged when it has finished streaming
-        if any(a["question"] == question for a in log.recent(20)):
+        fresh = [a for a in log.recent(50) if a["question"] == question and a["id"] not in asked]
+        if fresh:
             break
         page.wait_for_timeout(500)
+    assert fresh, "the UI's answer reached the answer log"
+    cid = fresh[0]["id"]
     like.click()
     status = page.locator("#feedback-status")
     status.get_by_text("Saved 👍").wait_for(timeout=30_000)
-    rated = [a for a in AnswerLog.of(corpus_index).rated() if a["question"] == question]
-    assert len(rated) == 1 and [(f["rating"], f["rater"][:3]) for f in rated[0]["feedback"]] == [(1, "ui:")]
+    assert [(f["rating"], f["rater"][:3]) for f in log.answer(cid)["feedback"]] == [(1, "ui:")]
     page.get_by_text("Suggest a better answer").click()
     page.locator("#correction textarea").fill("BitFit trains only the bias terms of the model [1].")
     page.locator("#send-correction").click()
     status.get_by_text("and your correction").wait_for(timeout=30_000)
-    row = AnswerLog.of(corpus_index).answer(rated[0]["id"])["feedback"]
+    row = log.answer(cid)["feedback"]
     assert [(f["rating"], f["correction"]) for f in row] == [(1, "BitFit trains only the bias terms of the model [1].")]
     page.screenshot(path=str(ARTIFACTS / "ui-feedback.png"), full_page=True)
 
