@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from serve.answer import grounded_answer
-from serve.answer_log import AnswerLog
+from serve.answer_log import AnswerLog, log_path
 from serve.bases import served_adapter
 from serve.promoted import serving_settings
 
@@ -133,7 +133,7 @@ def export(settings, out: Path, rag=None, base: str = "gemma3", questions: int =
     if missing:
         raise FinetuneError(f"cannot keep eval questions out without the eval sets: {', '.join(map(str, missing))} missing")
     guard = EvalGuard.from_file(settings.path(ev.questions), settings.path(ev.heldout))
-    log = AnswerLog.of(settings) or AnswerLog(settings.data_dir / "answers.sqlite3")
+    log = AnswerLog.of(settings) or AnswerLog(log_path(settings))  # rated answers kept before logging was turned off
     pairs = from_log(log.rated())
     stats: dict = {}
     t0 = time.monotonic()

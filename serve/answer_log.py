@@ -99,7 +99,7 @@ class AnswerLog:
         """The configured log in the data folder, or None when serve.log_answers is off."""
         if not settings.serve.log_answers:
             return None
-        return cls(settings.data_dir / FILE, settings.serve.answer_log_max_rows)
+        return cls(log_path(settings), settings.serve.answer_log_max_rows)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -191,6 +191,11 @@ class AnswerLog:
             answers = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
             feedback = db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
         return {"answers": answers, "feedback": feedback}
+
+
+def log_path(settings) -> Path:
+    """Where the answer log lives: <data_dir>/answers.sqlite3."""
+    return settings.data_dir / FILE
 
 
 def _decoded(row: sqlite3.Row) -> dict:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .answer_log import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, AnswerLog, Feedback, LogOff, rater_of_key
+from .answer_log import MAX_COMMENT_CHARS, MAX_CORRECTION_CHARS, AnswerLog, Feedback, LogOff, log_path, rater_of_key
 from .auth import KeyGate, add_login, bearer, key_matches
 from .doors import BodyLimit, OriginCheck
 from .errors import BadRequest, Busy, EngineUnavailable, NotReady, ServeError, TooLarge, Unsupported, UnknownModel
@@ -122,7 +122,7 @@ class AppState:
         try:
             self.log = AnswerLog.of(settings)
         except Exception as e:  # a damaged log file is kept as it is; answers go on, feedback says why it cannot
-            self.log_error = f"the answer log {settings.data_dir / 'answers.sqlite3'} cannot be opened ({type(e).__name__}: {e})"
+            self.log_error = f"the answer log {log_path(settings)} cannot be opened ({type(e).__name__}: {e})"
             print(f"ftatlas: {self.log_error}", flush=True)
         if rag is not None:
             rag.answer_log = self.log
