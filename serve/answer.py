@@ -16,19 +16,18 @@ _CITES_ONLY = re.compile(r"(\[\d+\]\s*)+")
 
 
 def checked_evidence(quotes: list[Evidence], passages: list[Passage]) -> tuple[list[Evidence], int]:
-    """(quotes that hold verbatim in the passage they name, how many did not). A quote naming no passage is kept
-    with the first passage that holds it.
+    """(quotes that hold verbatim in a passage, how many did not). A quote is kept with the passage it names when it
+    holds there, else with the first passage that holds it (a small model often copies the right sentence under the
+    wrong number, or none).
 
-    Example: [Evidence(1, 'LoRA freezes W.'), Evidence(2, 'made up')] over passages ['Intro. LoRA freezes W.', 'x']
+    Example: [Evidence(2, 'LoRA freezes W.'), Evidence(2, 'made up')] over passages ['Intro. LoRA freezes W.', 'x']
     -> ([Evidence(1, 'LoRA freezes W.')], 1).
     """
     kept: list[Evidence] = []
     dropped = 0
     for q in quotes:
-        if q.index is None:
-            n = next((i for i, p in enumerate(passages, 1) if quote_holds(q.text, p.text)), None)
-        else:
-            n = q.index if 1 <= q.index <= len(passages) and quote_holds(q.text, passages[q.index - 1].text) else None
+        named = q.index is not None and 1 <= q.index <= len(passages) and quote_holds(q.text, passages[q.index - 1].text)
+        n = q.index if named else next((i for i, p in enumerate(passages, 1) if quote_holds(q.text, p.text)), None)
         if n is None:
             dropped += 1
         elif not any(k.index == n and k.text == q.text for k in kept):

@@ -80,6 +80,36 @@ def test_quotes_become_evidence_and_the_content_is_the_answer_alone(rag):
     assert g["evidence_dropped"] == 1, "the made-up quote is dropped and counted"
 
 
+def test_a_quote_under_the_wrong_number_is_kept_with_its_passage_but_the_sentence_must_hold_in_what_it_cites(rag):
+    """Small models copy the right sentence under the wrong [n]. The quote is evidence of what the passages say, so it
+    is kept with the passage that holds it; the sentence is not re-cited (measured on dev: re-citing passed 4 more
+    Gemma answers, all wrong), so it falls back to quoting."""
+    from serve.evidence import format_answer, quote_holds
+
+    prep = rag.prepare("atlas-rag", [{"role": "user", "content": QLORA_Q}])
+    best = next(s for s in prep.grounder.ranked if quote_holds(s.text, prep.passages[s.n - 1].text)
+                and not any(o.n != s.n and o.text == s.text for o in prep.grounder.sentences))
+    wrong = next(n for n in range(1, len(prep.passages) + 1)
+                 if n != best.n and not prep.grounder.support(f"{best.text} [{n}]", 0.6, 0.5, 6)[0])
+    reply = format_answer([(wrong, best.text)], f"{best.text.rstrip('.')} [{wrong}].")
+    out = scripted_rag(rag, reply).complete("atlas-rag", [{"role": "user", "content": QLORA_Q}], max_tokens=256)
+    g = out["grounding"]
+    assert g["evidence"] == [{"index": best.n, "text": best.text}] and g["evidence_dropped"] == 0, g
+    assert g["mode"] == "extractive", g
+
+
+def test_an_extractive_answer_never_quotes_a_list_intro_alone(rag):
+    """'The paper defines three settings:' says nothing without its list; the settings themselves are quoted."""
+    from serve.grounding import _INTRO
+
+    question = "What prompting settings does the GPT-3 paper define for in-context learning?"
+    prep = rag.prepare("atlas-rag", [{"role": "user", "content": question}])
+    intros = [s for s in prep.grounder.ranked[:3] if _INTRO.search(s.text)]
+    assert intros, "the question's passages rank a list intro among the top 3 (else this test guards nothing)"
+    quoted = prep.grounder.extractive(3)
+    assert not any(s.text in quoted for s in intros), quoted
+
+
 RU_Q = "Сколько памяти GPU понадобилось QLoRA для дообучения модели на 65B параметров?"
 
 
