@@ -157,6 +157,9 @@ class Retriever:
         dense_query = " ".join(re.findall(r"[A-Za-z0-9][\w.+/()^-]*", query) + [extra]) if ru else query
         keyword_query = f"{query} {extra}"
         named = set() if opts.doc_ids else self.router.named(query)
+        # A question that names a section ('the conclusion', 'интеллект-карта') is routed to it, not to the whole document.
+        sections = set() if opts.doc_ids else self.router.named_sections(query)
+        routed_ids = self._in_sections(sections, allowed) if sections else self._in_docs(named, allowed) if named else set()
         clock.lap("prepare_ms")
         dense_hits: list[tuple[str, float]] = []
         routed_dense: list[tuple[str, float]] = []
@@ -164,15 +167,15 @@ class Retriever:
             vec = self.embedder.encode([dense_query])[0]
             clock.lap("embed_ms")
             dense_hits = self.dense(vec, cand, allowed)
-            if named:
-                routed_dense = self.dense(vec, cand, self._in_docs(named, allowed))
+            if routed_ids:
+                routed_dense = self.dense(vec, cand, routed_ids)
             clock.lap("dense_ms")
         keyword_hits: list[tuple[str, float]] = []
         routed_keyword: list[tuple[str, float]] = []
         if opts.mode != "dense":
             keyword_hits = self.bm25(keyword_query, cand, allowed)
-            if named:
-                routed_keyword = self.bm25(keyword_query, cand, self._in_docs(named, allowed))
+            if routed_ids:
+                routed_keyword = self.bm25(keyword_query, cand, routed_ids)
             clock.lap("bm25_ms")
         if opts.mode == "dense":
             lists, weights = [dense_hits, routed_dense], [1.0, rt.route_weight]
@@ -200,6 +203,11 @@ class Retriever:
 
     def _in_docs(self, docs: set[str], allowed: set[str] | None) -> set[str]:
         return {c for c, m in self._meta.items() if m.get("doc_id") in docs and (allowed is None or c in allowed)}
+
+    def _in_sections(self, sections: set[tuple[str, str]], allowed: set[str] | None) -> set[str]:
+        return {c for c, m in self._meta.items()
+                if any(m.get("doc_id") == d and h in (m.get("section") or "").split(" > ") for d, h in sections)
+                and (allowed is None or c in allowed)}
 
     def _rerank(self, query: str, scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
         from .errors import BadRequest

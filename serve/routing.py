@@ -18,25 +18,32 @@ _NUMBERED = re.compile(r"^\d+(?:\.\d+)*\.?$")
 
 
 def _heading_terms(text: str, glossary: Glossary) -> set[str]:
-    """Stems of a title or heading and of its translations. Example: 'Заключение' -> {'заключен', 'conclus'}."""
-    terms = {t for t in tokenize(text) if not _NUMBERED.match(t)}
+    """Stems of a title or heading, of its hyphenated words' parts, and of its translations.
+
+    Example: 'Заключение' -> {'заключен', 'conclus'}; 'Интеллект-карта' -> {'интеллект-карт', 'интеллект', 'карт', ...}.
+    """
+    terms = {t for t in tokenize(text) + tokenize(text.replace("-", " ")) if not _NUMBERED.match(t)}
     return terms | set(tokenize(glossary.both(text)))
 
 
 class Router:
     """Which atlas documents a question names: by a word of the title ('атлас', 'atlas'), or by two words of one
-    heading (one when it has one: 'conclusion', 'stack'), in either language. Paper cards are not routed: their titles'
-    words ('reward', 'feedback', 'efficient') are what questions about other cards say too."""
+    heading (one when it has one: 'conclusion', 'stack'), in either language; and which of their sections it names,
+    by the same rule. Paper cards are not routed: their titles' words ('reward', 'feedback', 'efficient') are what
+    questions about other cards say too."""
 
     def __init__(self, meta: dict[str, dict], glossary: Glossary, texts: dict[str, str] | None = None,
                  max_doc_share: float = 0.25, kinds: tuple[str, ...] = ("atlas",)):
         titles: dict[str, str] = {}
         headings: dict[str, set[str]] = {}
+        everywhere: dict[str, set[str]] = {}  # doc -> the headings every one of its chunks sits under (its title's)
         words: dict[str, set[str]] = {}  # doc -> the stems of its texts
         for cid, m in meta.items():
             doc = m.get("doc_id", "")
             titles[doc] = m.get("title", "")
-            headings.setdefault(doc, set()).update(h for h in (m.get("section") or "").split(" > ") if h)
+            path = {h for h in (m.get("section") or "").split(" > ") if h}
+            headings.setdefault(doc, set()).update(path)
+            everywhere[doc] = everywhere[doc] & path if doc in everywhere else path
             words.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
         spread: dict[str, int] = {}
         for ws in words.values():
@@ -56,20 +63,32 @@ class Router:
                             for d in routed}
         # Each half of a heading ('Fine-Tuning Stack — архитектура инструментов') as its words' terms; a half of one
         # word names alone only when, like a title word, the glossary gives it in both languages ('LLM' does not).
-        self.heading_terms: dict[str, list[list[set[str]]]] = {d: [] for d in routed}
+        self.heading_terms: dict[str, list[tuple[str, list[set[str]]]]] = {d: [] for d in routed}
         for d in routed:
-            for part in (p for h in headings[d] for p in h.split(" — ")):
+            for heading, part in ((h, p) for h in sorted(headings[d]) for p in h.split(" — ")):
                 words = {w: ts for w in part.split() if (ts := _heading_terms(w, glossary) & distinct)}
                 unique = list({frozenset(ts): ts for ts in words.values()}.values())
                 if len(unique) > 1 or any(glossary.both(w) for w in words):
-                    self.heading_terms[d].append(unique)
+                    self.heading_terms[d].append((heading, unique))
+        self.everywhere = everywhere
+
+    @staticmethod
+    def _tokens(query: str) -> set[str]:
+        return set(tokenize(re.sub(r"['’]s\b", "", query)))  # "the atlas's table" names the atlas
+
+    def _headings(self, doc: str, toks: set[str]) -> set[str]:
+        return {h for h, words in self.heading_terms[doc] if sum(bool(toks & ts) for ts in words) >= min(2, len(words))}
 
     def named(self, query: str) -> set[str]:
         """Example: 'Какие базы перечислены в стеке атласа?' -> {'atlas'}; 'Какой тип данных подходит?' -> set()."""
-        toks = set(tokenize(re.sub(r"['’]s\b", "", query)))  # "the atlas's table" names the atlas
-        return {d for d in self.title_terms
-                if toks & self.title_terms[d]
-                or any(sum(bool(toks & ts) for ts in words) >= min(2, len(words)) for words in self.heading_terms[d])}
+        toks = self._tokens(query)
+        return {d for d in self.title_terms if toks & self.title_terms[d] or self._headings(d, toks)}
+
+    def named_sections(self, query: str) -> set[tuple[str, str]]:
+        """The (document, heading) pairs a question names, leaving out the headings every chunk of a document sits
+        under (its title's). Example: 'Что в заключении атласа названо памятью?' -> {('atlas', '🏁 9. Заключение — …')}."""
+        toks = self._tokens(query)
+        return {(d, h) for d in self.title_terms for h in self._headings(d, toks) - self.everywhere.get(d, set())}
 
 
 def section_key(meta: dict) -> tuple[str, str]:

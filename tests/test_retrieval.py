@@ -28,6 +28,23 @@ def test_a_question_naming_the_atlas_gets_atlas_passages_first(retriever):
     assert "Минимальные ресурсы" in passages[0].text
 
 
+def test_a_question_naming_a_section_of_the_atlas_gets_passages_of_that_section(corpus_index, embedder):
+    """Questions about the atlas's conclusion got five table rows and stack groups: the routing ranked the whole atlas,
+    and the rows' dense and keyword ranks outweighed the conclusion's. A section the question names is routed to,
+    so this holds whatever the dense ranking's weight (0.5 here, where it failed)."""
+    heavy = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"dense_weight_ru": 0.5})})
+    retriever = Retriever(heavy, embedder)
+    retriever.refresh()
+    conclusion = next(h for h, _ in retriever.router.heading_terms["atlas"] if "Заключение" in h)
+    q = "Что в заключении атласа названо памятью?"
+    assert retriever.router.named_sections(q) == {("atlas", conclusion)}
+    assert any("это память" in p.text for p in retriever.retrieve(q))
+    q = "Как заключение атласа характеризует RLHF?"
+    assert any("это эмпатия" in p.text for p in retriever.retrieve(q))
+    # The title's heading sits over every chunk: naming the atlas narrows nothing.
+    assert retriever.router.named_sections("Какие векторные базы перечислены в атласе?") == set()
+
+
 def test_the_section_cap_holds_at_most_two_sections_of_an_unnamed_document(corpus_index, embedder):
     capped = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"diversity": "cap"})})
     retriever = Retriever(capped, embedder)
