@@ -37,19 +37,19 @@ class Router:
         titles: dict[str, str] = {}
         headings: dict[str, set[str]] = {}
         everywhere: dict[str, set[str]] = {}  # doc -> the headings every one of its chunks sits under (its title's)
-        words: dict[str, set[str]] = {}  # doc -> the stems of its texts
+        vocab: dict[str, set[str]] = {}  # doc -> the stems of its texts
         for cid, m in meta.items():
             doc = m.get("doc_id", "")
             titles[doc] = m.get("title", "")
             path = {h for h in (m.get("section") or "").split(" > ") if h}
             headings.setdefault(doc, set()).update(path)
             everywhere[doc] = everywhere[doc] & path if doc in everywhere else path
-            words.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
+            vocab.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
         spread: dict[str, int] = {}
-        for ws in words.values():
+        for ws in vocab.values():
             for w in ws:
                 spread[w] = spread.get(w, 0) + 1
-        common = {w for w, n in spread.items() if n > max(1, max_doc_share * len(words))}
+        common = {w for w, n in spread.items() if n > max(1, max_doc_share * len(vocab))}
         owners: dict[str, set[str]] = {}
         for doc in titles:
             for h in {titles[doc], *headings[doc]}:
@@ -71,6 +71,11 @@ class Router:
                 if len(unique) > 1 or any(glossary.both(w) for w in words):
                     self.heading_terms[d].append((heading, unique))
         self.everywhere = everywhere
+        # Other documents' one-word names (their id, or a title's head before ':'), kept per routed document when its
+        # text never says them: 'the LIMA paper's conclusion' is not about the atlas, whose text has no 'LIMA'.
+        names = {doc: {t for t in {doc, titles[doc].split(":")[0] if ":" in titles[doc] else ""}
+                       if len(ts := tokenize(t)) == 1 for t in ts} for doc in titles}
+        self.foreign = {d: {n for doc, ns in names.items() if doc != d for n in ns} - vocab.get(d, set()) for d in routed}
 
     @staticmethod
     def _tokens(query: str) -> set[str]:
@@ -79,16 +84,24 @@ class Router:
     def _headings(self, doc: str, toks: set[str]) -> set[str]:
         return {h for h, words in self.heading_terms[doc] if sum(bool(toks & ts) for ts in words) >= min(2, len(words))}
 
+    def _by_heading(self, doc: str, toks: set[str]) -> set[str]:
+        """The headings of `doc` a question names, unless it names, instead of `doc`'s title, a document `doc` never
+        mentions."""
+        if toks & self.foreign.get(doc, set()) and not toks & self.title_terms[doc]:
+            return set()
+        return self._headings(doc, toks)
+
     def named(self, query: str) -> set[str]:
-        """Example: 'Какие базы перечислены в стеке атласа?' -> {'atlas'}; 'Какой тип данных подходит?' -> set()."""
+        """Example: 'Какие базы перечислены в стеке атласа?' -> {'atlas'}; 'Какой тип данных подходит?' -> set();
+        'What is the conclusion of the LIMA paper?' -> set() (a heading's word, but the atlas never mentions LIMA)."""
         toks = self._tokens(query)
-        return {d for d in self.title_terms if toks & self.title_terms[d] or self._headings(d, toks)}
+        return {d for d in self.title_terms if toks & self.title_terms[d] or self._by_heading(d, toks)}
 
     def named_sections(self, query: str) -> set[tuple[str, str]]:
         """The (document, heading) pairs a question names, leaving out the headings every chunk of a document sits
         under (its title's). Example: 'Что в заключении атласа названо памятью?' -> {('atlas', '🏁 9. Заключение — …')}."""
         toks = self._tokens(query)
-        return {(d, h) for d in self.title_terms for h in self._headings(d, toks) - self.everywhere.get(d, set())}
+        return {(d, h) for d in self.title_terms for h in self._by_heading(d, toks) - self.everywhere.get(d, set())}
 
 
 def section_key(meta: dict) -> tuple[str, str]:

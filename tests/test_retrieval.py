@@ -45,6 +45,18 @@ def test_a_question_naming_a_section_of_the_atlas_gets_passages_of_that_section(
     assert retriever.router.named_sections("Какие векторные базы перечислены в атласе?") == set()
 
 
+def test_a_question_about_a_paper_the_atlas_never_mentions_is_not_routed_to_the_atlas(retriever):
+    """'Which tools does the RAFT stack rely on?' says 'stack', an atlas heading's word, and got five atlas passages;
+    the atlas never mentions RAFT, so the question is about the card. Saying 'atlas' still routes there."""
+    retriever.refresh()
+    q = "Which tools does the RAFT stack rely on: which model size is fine-tuned, and where is the code released?"
+    assert retriever.router.named(q) == set()
+    assert any("Gorilla" in p.text for p in retriever.retrieve(q))
+    assert retriever.router.named("What is the conclusion of the LIMA paper?") == set()
+    assert retriever.router.named("What does the conclusion say about RAG?") == {"atlas"}  # the atlas mentions RAG
+    assert retriever.router.named_sections("In the atlas's conclusion, is LIMA mentioned?") != set()
+
+
 def test_the_section_cap_holds_at_most_two_sections_of_an_unnamed_document(corpus_index, embedder):
     capped = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"diversity": "cap"})})
     retriever = Retriever(capped, embedder)
