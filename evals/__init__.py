@@ -72,7 +72,7 @@ def run_eval(settings, *, endpoint: str | None = None, api_key: str | None = Non
         run.notes.append(adapter_note(lora, settings.root, model))
     execute(run, backend, baseline=baseline, embedder=sim_embedder, judge=judge, max_tokens=settings.evals.max_tokens,
             temperature=0.0, progress=progress)
-    full = run.answers and len(asked) == len(questions) and sets in ("dev", "all")  # latest stays a dev-set report
+    full = run.answers and not limit and sets in ("dev", "all")  # latest stays a full report with the dev set
     folder = write_report(run, reports, latest=full)
     for lora in loras.values() if run.answers else []:
         record_in_run(lora, folder, run.records, settings.root)

@@ -397,6 +397,18 @@ def test_ctrl_c_leaves_a_valid_partial_report(corpus_index, embedder, small_gold
     assert not (tmp_path / "latest").exists()  # a partial run never replaces the latest full one
 
 
+def test_a_run_given_a_limit_never_becomes_latest_even_when_the_limit_covers_every_question(corpus_index, embedder, small_gold,
+                                                                                            tmp_path):
+    """`--limit 1000` over the whole set replaced the committed reports/latest, though --help says a limited run
+    leaves it alone."""
+    settings = with_section(corpus_index, "evals", questions=small_gold)
+    backend = stand_in(in_process(settings, embedder, answers=False))
+    run, _ = run_eval(settings, configs=["atlas-rag"], backend=backend, embedder=embedder, reports_dir=tmp_path,
+                      progress=False, limit=1000)
+    assert run.status == "complete" and run.answers and len(run.records) == 5
+    assert not (tmp_path / "latest").exists()
+
+
 def test_cli_entry_runs_a_retrieval_only_subset(corpus_index, small_gold, tmp_path):
     settings = with_section(corpus_index, "evals", questions=small_gold, reports_dir=tmp_path)
     lines: list[str] = []
