@@ -38,7 +38,7 @@ class RetrievalSettings(BaseModel):
     rerank: bool = Field(False, description="Rerank fused candidates with the cross-encoder (needs reranker).")
     glossary: Path = Field(Path("corpus/glossary.yaml"), description="Russian->English terms that expand Russian queries.")
     dense_weight: float = Field(0.15, description="Weight of the dense ranking in fusion for English queries.")
-    dense_weight_ru: float = Field(0.2, description="Weight of the dense ranking for Russian queries (the embedder is English-only).")
+    dense_weight_ru: float = Field(0.5, description="Weight of the dense ranking for Russian queries (the embedder is English-only).")
     route_weight: float = Field(1.0, description="Weight of the ranking within the documents a question names (by title or heading).")
     diversity: Literal["cap", "mmr", "none"] = Field("none", description="How the top-k is spread: at most sections_per_doc "
                                                      "sections of a document not named by the question (cap), MMR, or "

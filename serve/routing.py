@@ -26,6 +26,15 @@ def _heading_terms(text: str, glossary: Glossary) -> set[str]:
     return terms | set(tokenize(glossary.both(text)))
 
 
+def one_word_names(doc_id: str, title: str) -> set[str]:
+    """The stems a document goes by when they are one word: its id, and its title's head before ':'.
+
+    Example: ('lima', 'LIMA: Less Is More for Alignment') -> {'lima'}; ('gpt3-icl', 'Language Models are …') -> set().
+    """
+    candidates = [doc_id, title.split(":")[0] if ":" in title else ""]
+    return {stems[0] for stems in map(tokenize, candidates) if len(stems) == 1}
+
+
 class Router:
     """Which atlas documents a question names: by a word of the title ('атлас', 'atlas'), or by two words of one
     heading (one when it has one: 'conclusion', 'stack'), in either language; and which of their sections it names,
@@ -73,9 +82,8 @@ class Router:
         self.everywhere = everywhere
         # Other documents' one-word names (their id, or a title's head before ':'), kept per routed document when its
         # text never says them: 'the LIMA paper's conclusion' is not about the atlas, whose text has no 'LIMA'.
-        names = {doc: {t for t in {doc, titles[doc].split(":")[0] if ":" in titles[doc] else ""}
-                       if len(ts := tokenize(t)) == 1 for t in ts} for doc in titles}
-        self.foreign = {d: {n for doc, ns in names.items() if doc != d for n in ns} - vocab.get(d, set()) for d in routed}
+        self.foreign = {d: {n for doc in titles if doc != d for n in one_word_names(doc, titles[doc])} - vocab.get(d, set())
+                        for d in routed}
 
     @staticmethod
     def _tokens(query: str) -> set[str]:
