@@ -205,9 +205,8 @@ class Retriever:
         return {c for c, m in self._meta.items() if m.get("doc_id") in docs and (allowed is None or c in allowed)}
 
     def _in_sections(self, sections: set[tuple[str, str]], allowed: set[str] | None) -> set[str]:
-        return {c for c, m in self._meta.items()
-                if any(m.get("doc_id") == d and h in (m.get("section") or "").split(" > ") for d, h in sections)
-                and (allowed is None or c in allowed)}
+        ids = set().union(*(self.router.members.get(s, set()) for s in sections))
+        return ids if allowed is None else ids & allowed
 
     def _rerank(self, query: str, scored: list[tuple[str, float]]) -> list[tuple[str, float]]:
         from .errors import BadRequest

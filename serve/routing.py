@@ -47,11 +47,14 @@ class Router:
         headings: dict[str, set[str]] = {}
         everywhere: dict[str, set[str]] = {}  # doc -> the headings every one of its chunks sits under (its title's)
         vocab: dict[str, set[str]] = {}  # doc -> the stems of its texts
+        self.members: dict[tuple[str, str], set[str]] = {}  # (doc, heading) -> the chunks under it
         for cid, m in meta.items():
             doc = m.get("doc_id", "")
             titles[doc] = m.get("title", "")
             path = {h for h in (m.get("section") or "").split(" > ") if h}
             headings.setdefault(doc, set()).update(path)
+            for h in path:
+                self.members.setdefault((doc, h), set()).add(cid)
             everywhere[doc] = everywhere[doc] & path if doc in everywhere else path
             vocab.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
         spread: dict[str, int] = {}
