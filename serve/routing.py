@@ -47,6 +47,7 @@ class Router:
         headings: dict[str, set[str]] = {}
         everywhere: dict[str, set[str]] = {}  # doc -> the headings every one of its chunks sits under (its title's)
         vocab: dict[str, set[str]] = {}  # doc -> the stems of its texts
+        stems: dict[str, set[str]] = {}  # chunk -> the stems of its text
         self.members: dict[tuple[str, str], set[str]] = {}  # (doc, heading) -> the chunks under it
         for cid, m in meta.items():
             doc = m.get("doc_id", "")
@@ -56,7 +57,8 @@ class Router:
             for h in path:
                 self.members.setdefault((doc, h), set()).add(cid)
             everywhere[doc] = everywhere[doc] & path if doc in everywhere else path
-            vocab.setdefault(doc, set()).update(tokenize((texts or {}).get(cid, "")))
+            stems[cid] = set(tokenize((texts or {}).get(cid, "")))
+            vocab.setdefault(doc, set()).update(stems[cid])
         spread: dict[str, int] = {}
         for ws in vocab.values():
             for w in ws:
@@ -83,6 +85,22 @@ class Router:
                 if len(unique) > 1 or any(glossary.both(w) for w in words):
                     self.heading_terms[d].append((heading, unique))
         self.everywhere = everywhere
+        # A heading's own words: those its document's text never says outside the heading's chunks. One of them (or
+        # its translation, not its hyphenated parts) names the heading alone: 'интеллект-карта' names '4.1.
+        # Интеллект-карта выбора метода'; 'подходов' ('approach') does not name '1. Эволюция подходов'.
+        self.own: dict[tuple[str, str], set[str]] = {}
+        chunks: dict[str, list[str]] = {}
+        for cid, m in meta.items():
+            chunks.setdefault(m.get("doc_id", ""), []).append(cid)
+        for d in routed:
+            for heading in headings[d] - everywhere[d]:
+                inside = self.members[(d, heading)]
+                outside = set().union(*(stems[c] for c in chunks[d] if c not in inside))
+                for w in heading.replace(" — ", " ").split():
+                    whole = set(tokenize(w))
+                    if whole and not whole & outside:
+                        parts = set(tokenize(w.replace("-", " "))) - whole
+                        self.own.setdefault((d, heading), set()).update((_heading_terms(w, glossary) & distinct) - parts)
         # Other documents' one-word names (their id, or a title's head before ':'), kept per routed document when its
         # text never says them: 'the LIMA paper's conclusion' is not about the atlas, whose text has no 'LIMA'.
         self.foreign = {d: {n for doc in titles if doc != d for n in one_word_names(doc, titles[doc])} - vocab.get(d, set())
@@ -93,7 +111,8 @@ class Router:
         return set(tokenize(re.sub(r"['’]s\b", "", query)))  # "the atlas's table" names the atlas
 
     def _headings(self, doc: str, toks: set[str]) -> set[str]:
-        return {h for h, words in self.heading_terms[doc] if sum(bool(toks & ts) for ts in words) >= min(2, len(words))}
+        return {h for h, words in self.heading_terms[doc]
+                if sum(bool(toks & ts) for ts in words) >= min(2, len(words)) or toks & self.own.get((doc, h), set())}
 
     def _by_heading(self, doc: str, toks: set[str]) -> set[str]:
         """The headings of `doc` a question names, unless it names, instead of `doc`'s title, a document `doc` never

@@ -57,6 +57,30 @@ def test_a_question_about_a_paper_the_atlas_never_mentions_is_not_routed_to_the_
     assert retriever.router.named_sections("In the atlas's conclusion, is LIMA mentioned?") != set()
 
 
+def test_a_word_only_one_section_says_names_that_section_alone(retriever):
+    """'Какой путь предлагает интеллект-карта атласа?' got five rows of the classification table: the heading
+    '4.1. Интеллект-карта выбора метода' needed two of its words. A word the atlas's text says nowhere outside a
+    section names it alone; a word used elsewhere ('подход', 'approach') still does not."""
+    retriever.refresh()
+    mind_map = next(h for h, _ in retriever.router.heading_terms["atlas"] if "Интеллект-карта" in h)
+    q = "Модель должна отвечать по свежим данным, переобучать её не хотим. Какой путь предлагает интеллект-карта атласа?"
+    assert retriever.router.named_sections(q) == {("atlas", mind_map)}
+    assert retriever.retrieve(q)[0].section.endswith(mind_map)
+    evolution = next(h for h, _ in retriever.router.heading_terms["atlas"] if "Эволюция подходов" in h)
+    assert ("atlas", evolution) not in retriever.router.named_sections("Какой подход выбрать, по атласу?")
+    assert ("atlas", evolution) not in retriever.router.named_sections("Which approach does the atlas suggest?")
+
+
+def test_a_russian_question_reaches_the_section_of_an_english_card_that_holds_its_fact(retriever):
+    """The English-only embedder reads a Russian question as its Latin words plus the glossary's terms; with only the
+    hand list's domain words, 'окно', 'ошибка', 'длина' and 'недостаток' reached nothing, and these questions got
+    the right card's other sections. The glossary now covers the cards' own frequent words."""
+    for q, fact in (("Какое окно контекста у GPT-3?", "2,048-token context window"),
+                    ("На сколько процентов ULMFiT снизил ошибку классификации?", "relative error reduction"),
+                    ("Prompt tuning: какая длина мягкого промпта даёт основной выигрыш?", "around 20 tokens")):
+        assert any(fact in p.text for p in retriever.retrieve(q)), q
+
+
 def test_the_section_cap_holds_at_most_two_sections_of_an_unnamed_document(corpus_index, embedder):
     capped = corpus_index.model_copy(update={"retrieval": corpus_index.retrieval.model_copy(update={"diversity": "cap"})})
     retriever = Retriever(capped, embedder)
