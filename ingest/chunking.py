@@ -59,9 +59,27 @@ def _blocks(lines: list[str]) -> list[_Block]:
         j = i
         while j < len(lines) and lines[j].strip() and not lines[j].lstrip().startswith(("|", "```", "~~~")):
             j += 1
-        out.append(_Block("para", "\n".join(lines[i:j])))
+        out.extend(_Block("para", para) for para in _unquote(lines[i:j]))
         i = j
     return out
+
+
+def _unquote(lines: list[str]) -> list[str]:
+    """A paragraph's text; a blockquote's paragraphs without their '>' markers, which a quote would otherwise keep, and
+    with their lines joined, as Markdown reads them: a verse's line is not a sentence.
+
+    Example: ['> A is', '> x.', '>', '> B is y.'] -> ['A is x.', 'B is y.']; ['plain'] -> ['plain'].
+    """
+    if not all(line.lstrip().startswith(">") for line in lines):
+        return ["\n".join(lines)]
+    paras: list[list[str]] = [[]]
+    for line in lines:
+        text = re.sub(r"^\s*>\s?", "", line).rstrip()
+        if text.strip():
+            paras[-1].append(text)
+        elif paras[-1]:
+            paras.append([])
+    return [" ".join(p) for p in paras if p]
 
 
 def sections(markdown: str) -> list[tuple[str, list[str]]]:

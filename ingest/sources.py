@@ -12,7 +12,7 @@ import yaml
 from .errors import IngestError
 from .loaders import SUFFIXES
 
-CHUNKER_VERSION = "5"  # bump when chunking changes, so every document is re-chunked
+CHUNKER_VERSION = "6"  # bump when chunking changes, so every document is re-chunked
 
 
 @dataclass

@@ -43,7 +43,8 @@ def split_sentences(text: str) -> list[str]:
         line = re.sub(r"[*_`#]+", "", line).strip()
         if not line or set(line) <= set("|-: "):
             continue
-        out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-ZА-ЯЁ0-9(\"«])", line) if len(s.strip()) > 2)
+        parts = re.split(r"(?<=[.!?])\s+(?=[A-ZА-ЯЁ0-9(\"«\U0001F300-\U0001FAFF])", line)  # an emoji opens one too
+        out.extend(s.strip() for s in parts if len(s.strip()) > 2)
     return out
 
 

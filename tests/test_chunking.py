@@ -173,6 +173,18 @@ def test_tree_lines_carry_their_group_and_no_glyphs(atlas_chunks):
     assert not any(g in c.text for c in atlas_chunks for g in ("├─", "└─"))
 
 
+def test_the_conclusions_quote_is_read_as_sentences_without_its_markers(atlas_chunks):
+    """The conclusion is a blockquote in verse: its chunk kept every '>' and a quote ran on past its sentence
+    ('RAG — это память. > > А их объединение…'). Its lines join as Markdown reads them, and each sentence ends."""
+    from serve.prompt import split_sentences
+
+    text = " ".join(c.text for c in atlas_chunks if "Заключение" in c.section)
+    assert ">" not in text
+    sentences = {s for c in atlas_chunks if "Заключение" in c.section for s in split_sentences(c.text)}
+    assert {"RAG — это память.", "Ты не просто обучаешь модели — ты учишь их учиться.",
+            "🧠 LLM about LLM — это не документация."} <= sentences
+
+
 def test_diagram_groups_are_chunks_with_titles_in_both_languages(atlas_chunks):
     groups = [c.text for c in atlas_chunks if c.unit == "group"]
     assert ("Инференс и деплой (Inference): vLLM / TGI (Fast Inference Engines), Gradio / Streamlit (UI Frontends), "
