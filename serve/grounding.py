@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import threading
 import weakref
@@ -18,6 +19,7 @@ from ingest.keyword import tokenize
 from .prompt import split_sentences
 from .retrieval import Passage, is_russian
 
+_CYRILLIC = re.compile(r"[а-яё]")
 _CITE = re.compile(r"\[(\d+)\]")
 MIN_SHARED_TOKENS = 3  # a sentence must state something a passage states, not just echo one word
 _META = re.compile(r"^(Authors:|Термины:|Method:|Метод:)")  # card headers: true, but never an answer
@@ -31,6 +33,7 @@ class Sentence:
     vec: np.ndarray
     tokens: set[str]
     russian: bool = False
+    asked: frozenset[str] = frozenset()  # the question's tokens this sentence holds, Russian ones by same_word
 
 
 def _decimal(number: str) -> str:
@@ -42,6 +45,17 @@ def _latin(text: str) -> list[str]:
     """The Latin-script terms and the figures of a (Russian) sentence, a decimal comma as a point.
     Example: 'Обучаются смещения (bias), 0,1% у BERT.' -> ['bias', '0.1', 'BERT.'] (tokenize drops the point)."""
     return re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", text))
+
+
+def same_word(a: str, b: str) -> bool:
+    """Two Russian stems of one word: the stemmer cuts 'память' to 'памя' but 'памятью' to 'памят', and 'обучать' to
+    'обуча' but 'обучение' to 'обучен'. Example: ('памя', 'памят') -> True; ('модел', 'модул') -> False."""
+    if a == b:
+        return True
+    if len(a) < 4 or len(b) < 4 or not _CYRILLIC.match(a) or not _CYRILLIC.match(b):
+        return False
+    common = len(os.path.commonprefix([a, b]))
+    return common >= 4 and common >= min(len(a), len(b)) - 1
 
 
 def overlap(a: set[str], b: set[str]) -> float:
@@ -100,7 +114,9 @@ class Grounder:
         svecs = sentence_vectors(embedder).encode(texts) if texts else []
         self.qtokens = set(tokenize(search_query or question))
         self.question_tokens = set(tokenize(question))
-        self.sentences = [Sentence(n, t, v, set(tokenize(t)), is_russian(t)) for n, t, v in zip(owners, texts, svecs)]
+        asked = self.qtokens | self.question_tokens
+        self.sentences = [Sentence(n, t, v, toks, is_russian(t), frozenset(q for q in asked if any(same_word(q, w) for w in toks)))
+                          for n, t, v in zip(owners, texts, svecs) for toks in [set(tokenize(t))]]
         self._weigh()
 
     def subset(self, passages: list[Passage]) -> "Grounder":
@@ -115,10 +131,10 @@ class Grounder:
         """idf of the question's tokens over the sentences held."""
         df: dict[str, int] = {}
         for s in self.sentences:
-            for t in s.tokens:
+            for t in s.asked:
                 df[t] = df.get(t, 0) + 1
         n = len(self.sentences) + 1
-        self.idf = {t: math.log(1 + n / df.get(t, 0.5)) for t in self.qtokens}
+        self.idf = {t: math.log(1 + n / df.get(t, 0.5)) for t in self.qtokens | self.question_tokens}
         # Non-header sentences, best answer first; `rank` gives each one's place (0 = the best).
         self.ranked = sorted((s for s in self.sentences if not _META.match(s.text)), key=self.relevance, reverse=True)
         self.rank = {id(s): i for i, s in enumerate(self.ranked)}
@@ -126,8 +142,11 @@ class Grounder:
     def relevance(self, s: Sentence) -> float:
         """How well a passage sentence answers the question: cosine plus idf-weighted keyword overlap,
         with a small prior for passages the retriever ranked higher."""
-        total = sum(self.idf.values()) or 1.0
-        keyword = sum(w for t, w in self.idf.items() if t in s.tokens) / total
+        # A Russian sentence can hold only the question's own words: the English glossary terms of the search query
+        # are there for English passages, and counting them would sink every Russian sentence's keyword share.
+        asked = self.question_tokens if s.russian else self.qtokens
+        total = sum(self.idf[t] for t in asked) or 1.0
+        keyword = sum(self.idf[t] for t in asked & s.asked) / total
         return float(s.vec @ self.qvec) + 0.7 * keyword + 0.05 / s.n
 
     def best_relevance(self) -> float:

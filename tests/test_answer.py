@@ -110,6 +110,20 @@ def test_an_extractive_answer_never_quotes_a_list_intro_alone(rag):
     assert not any(s.text in quoted for s in intros), quoted
 
 
+def test_a_russian_question_about_the_atlas_quotes_the_sentence_that_holds_its_word(rag):
+    """'Что в заключении атласа названо памятью?' quoted 'От полного переобучения — к параметрической экономии.':
+    the stemmer cuts 'память' to 'памя' but 'памятью' to 'памят', so no sentence shared a word with the question, and
+    the English glossary terms of the search query weighed against every Russian sentence. The English-only
+    embedder's cosine, noise for Russian, then chose."""
+    from serve.grounding import same_word
+
+    assert same_word("памя", "памят") and same_word("обуча", "обучен") and not same_word("модел", "модул")
+    for question, sentence in (("Что в заключении атласа названо памятью?", "RAG — это память."),
+                               ("Как заключение атласа характеризует RLHF?", "RLHF — это эмпатия.")):
+        prep = rag.prepare("atlas-rag", [{"role": "user", "content": question}])
+        assert prep.grounder.extractive(2).startswith(sentence), prep.grounder.extractive(2)
+
+
 RU_Q = "Сколько памяти GPU понадобилось QLoRA для дообучения модели на 65B параметров?"
 
 
