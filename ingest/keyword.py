@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -46,6 +47,24 @@ def tokenize(text: str) -> list[str]:
             continue
         out.append(_stemmer("russian" if _CYRILLIC.search(w) else "english").stemWord(w))
     return out
+
+
+def same_word(a: str, b: str) -> bool:
+    """Two Russian stems of one word: the stemmer cuts 'память' to 'памя' but 'памятью' to 'памят', and 'обучать' to
+    'обуча' but 'обучение' to 'обучен'. Example: ('памя', 'памят') -> True; ('модел', 'модул') -> False."""
+    if a == b:
+        return True
+    if len(a) < 4 or len(b) < 4 or not _CYRILLIC.match(a) or not _CYRILLIC.match(b):
+        return False
+    common = len(os.path.commonprefix([a, b]))
+    return common >= 4 and common >= min(len(a), len(b)) - 1
+
+
+def shared_words(asked: set[str], tokens: set[str]) -> frozenset[str]:
+    """The `asked` stems that `tokens` holds, Russian ones by same_word. Example: ({'памят', 'rag'}, {'памя'}) ->
+    {'памят'}."""
+    exact = asked & tokens
+    return frozenset(exact | {q for q in asked - exact if _CYRILLIC.match(q) and any(same_word(q, w) for w in tokens)})
 
 
 class KeywordIndex:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 import threading
 import weakref
@@ -14,12 +13,11 @@ from typing import Callable
 
 import numpy as np
 
-from ingest.keyword import tokenize
+from ingest.keyword import shared_words, tokenize
 
 from .prompt import split_sentences
 from .retrieval import Passage, is_russian
 
-_CYRILLIC = re.compile(r"[а-яё]")
 _CITE = re.compile(r"\[(\d+)\]")
 MIN_SHARED_TOKENS = 3  # a sentence must state something a passage states, not just echo one word
 _META = re.compile(r"^(Authors:|Термины:|Method:|Метод:)")  # card headers: true, but never an answer
@@ -33,7 +31,7 @@ class Sentence:
     vec: np.ndarray
     tokens: set[str]
     russian: bool = False
-    asked: frozenset[str] = frozenset()  # the question's tokens this sentence holds, Russian ones by same_word
+    asked: frozenset[str] = frozenset()  # the question's tokens this sentence holds (keyword.shared_words)
 
 
 def _decimal(number: str) -> str:
@@ -45,17 +43,6 @@ def _latin(text: str) -> list[str]:
     """The Latin-script terms and the figures of a (Russian) sentence, a decimal comma as a point.
     Example: 'Обучаются смещения (bias), 0,1% у BERT.' -> ['bias', '0.1', 'BERT.'] (tokenize drops the point)."""
     return re.findall(r"[A-Za-z][\w.\-]*|\d+(?:[.,]\d+)*", re.sub(r"(?<=\d),(?=\d{1,2}\b)", ".", text))
-
-
-def same_word(a: str, b: str) -> bool:
-    """Two Russian stems of one word: the stemmer cuts 'память' to 'памя' but 'памятью' to 'памят', and 'обучать' to
-    'обуча' but 'обучение' to 'обучен'. Example: ('памя', 'памят') -> True; ('модел', 'модул') -> False."""
-    if a == b:
-        return True
-    if len(a) < 4 or len(b) < 4 or not _CYRILLIC.match(a) or not _CYRILLIC.match(b):
-        return False
-    common = len(os.path.commonprefix([a, b]))
-    return common >= 4 and common >= min(len(a), len(b)) - 1
 
 
 def overlap(a: set[str], b: set[str]) -> float:
@@ -115,7 +102,7 @@ class Grounder:
         self.qtokens = set(tokenize(search_query or question))
         self.question_tokens = set(tokenize(question))
         asked = self.qtokens | self.question_tokens
-        self.sentences = [Sentence(n, t, v, toks, is_russian(t), frozenset(q for q in asked if any(same_word(q, w) for w in toks)))
+        self.sentences = [Sentence(n, t, v, toks, is_russian(t), shared_words(asked, toks))
                           for n, t, v in zip(owners, texts, svecs) for toks in [set(tokenize(t))]]
         self._weigh()
 

@@ -48,6 +48,7 @@ class Router:
         everywhere: dict[str, set[str]] = {}  # doc -> the headings every one of its chunks sits under (its title's)
         vocab: dict[str, set[str]] = {}  # doc -> the stems of its texts
         stems: dict[str, set[str]] = {}  # chunk -> the stems of its text
+        chunks: dict[str, list[str]] = {}  # doc -> its chunk ids
         self.members: dict[tuple[str, str], set[str]] = {}  # (doc, heading) -> the chunks under it
         for cid, m in meta.items():
             doc = m.get("doc_id", "")
@@ -58,6 +59,7 @@ class Router:
                 self.members.setdefault((doc, h), set()).add(cid)
             everywhere[doc] = everywhere[doc] & path if doc in everywhere else path
             stems[cid] = set(tokenize((texts or {}).get(cid, "")))
+            chunks.setdefault(doc, []).append(cid)
             vocab.setdefault(doc, set()).update(stems[cid])
         spread: dict[str, int] = {}
         for ws in vocab.values():
@@ -89,9 +91,6 @@ class Router:
         # its translation, not its hyphenated parts) names the heading alone: 'интеллект-карта' names '4.1.
         # Интеллект-карта выбора метода'; 'подходов' ('approach') does not name '1. Эволюция подходов'.
         self.own: dict[tuple[str, str], set[str]] = {}
-        chunks: dict[str, list[str]] = {}
-        for cid, m in meta.items():
-            chunks.setdefault(m.get("doc_id", ""), []).append(cid)
         for d in routed:
             for heading in headings[d] - everywhere[d]:
                 inside = self.members[(d, heading)]

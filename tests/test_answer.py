@@ -115,7 +115,7 @@ def test_a_russian_question_about_the_atlas_quotes_the_sentence_that_holds_its_w
     the stemmer cuts 'память' to 'памя' but 'памятью' to 'памят', so no sentence shared a word with the question, and
     the English glossary terms of the search query weighed against every Russian sentence. The English-only
     embedder's cosine, noise for Russian, then chose."""
-    from serve.grounding import same_word
+    from ingest.keyword import same_word
 
     assert same_word("памя", "памят") and same_word("обуча", "обучен") and not same_word("модел", "модул")
     for question, sentence in (("Что в заключении атласа названо памятью?", "RAG — это память."),
