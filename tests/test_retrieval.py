@@ -112,6 +112,31 @@ def test_retrieve_times_each_stage(retriever):
     assert all(v >= 0 for v in timings.values())
 
 
+def test_the_serve_bench_times_retrieve_over_one_kept_alive_connection(corpus_index, embedder):
+    """`ftatlas bench serve` once opened a client per request, so its /v1/retrieve p95 carried ~30 ms of httpx's
+    client and TLS-context setup that no server change could move. Every request now rides one connection."""
+    from serve import RagEngine, create_app
+    from serve.bench import _serve, _wait, retrieval_latency
+
+    app = create_app(corpus_index, rag=RagEngine(corpus_index, embedder=embedder), start=False, ui=False)
+    ports: list[int] = []
+
+    @app.middleware("http")
+    async def remember_port(request, call_next):
+        ports.append(request.client.port)
+        return await call_next(request)
+
+    server, url = _serve(app)
+    try:
+        _wait(url, "/v1/models", timeout_s=60)
+        ports.clear()
+        row = retrieval_latency(url, ["What does BitFit train?", "Что такое LoRA?", "How much memory does QLoRA save?"])
+    finally:
+        server.should_exit = True
+    assert len(ports) == 6 and len(set(ports)) == 1, ports  # three questions, then the same three again
+    assert {"p50_ms", "p95_ms", "embed_p50_ms", "bm25_p95_ms"} <= set(row)
+
+
 def test_quotes_of_the_evolution_tree_carry_no_glyphs(retriever, embedder):
     q = "Какие подходы атлас относит к Parameter-Efficient Fine-Tuning в эволюции подходов?"
     passages, grounder = reading(embedder, q, retriever.retrieve(q), retriever.search_query(q))
