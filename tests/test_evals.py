@@ -176,7 +176,7 @@ def any_gold(request):
 
 
 def test_gold_set_has_both_languages_and_out_of_scope_questions(gold):
-    assert len(gold) == 141  # 90; 25 for the held-out miss classes (atlas map, conclusion, table cells; card sections); 26 facts deep in card sections
+    assert len(gold) == 140  # 90; 25 for the held-out miss classes (atlas map, conclusion, table cells; card sections); 25 facts deep in card sections
     assert {q.language for q in gold} == {"en", "ru"}
     assert sum(q.refuse for q in gold) >= 10 and all(not q.facts and not q.gold_doc_ids for q in gold if q.refuse)
     follow_ups = [q for q in gold if q.history]
