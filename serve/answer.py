@@ -110,7 +110,7 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
     elif not judged.emitted or judged.share < llm.grounding_min_supported:
         verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
         lead = " " if judged.emitted else EXTRACTIVE_LEAD.get(language, "")
-        yield lead + grounder.extractive(llm.extractive_sentences, llm.extractive_within)
+        yield lead + grounder.extractive(llm.extractive_sentences, llm.extractive_within, llm.extractive_per_passage)
     else:
         verdict.update(mode="generated", supported=round(judged.share, 3), **found)
 

@@ -233,14 +233,15 @@ class Grounder:
         english = " ".join(dict.fromkeys(latin + self.translate(clean).split()))
         return set(tokenize(english)), self.embedder.encode([english or clean])[0]
 
-    def extractive(self, k: int = 2, within: float | None = None) -> str:
+    def extractive(self, k: int = 2, within: float | None = None, per_passage: int | None = None) -> str:
         """Quote the k passage sentences that best answer the question, each with its [n]; with `within`, only
-        those whose relevance is at most that far below the best one (a distant runner-up answers something else).
+        those whose relevance is at most that far below the best one (a distant runner-up answers something else);
+        with `per_passage`, at most that many from one passage. The best comes first: it is what was asked.
 
         A calculator's estimate is quoted only when the documents give nothing: a quote states published facts, and
         the model may still cite the estimate when it writes the answer itself.
         """
-        top = self.top_sentences(k, per_passage=1, skip=self.computed) or self.top_sentences(k, per_passage=1)
+        top = self.top_sentences(k, per_passage, skip=self.computed) or self.top_sentences(k, per_passage)
         if within is not None and top:
             best = self.relevance(top[0])
             top = [s for s in top if self.relevance(s) >= best - within]

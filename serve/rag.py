@@ -225,7 +225,9 @@ class RagEngine:
         if lang not in self.writes(prep.spec):
             # Measured: SmolLM2-135M loops in Russian; quote the passages instead of generating.
             prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0, **NO_EVIDENCE}
-            yield EXTRACTIVE_LEAD.get(lang, "") + prep.grounder.extractive(self.settings.llm.extractive_sentences, self.settings.llm.extractive_within)
+            llm = self.settings.llm
+            quotes = prep.grounder.extractive(llm.extractive_sentences, llm.extractive_within, llm.extractive_per_passage)
+            yield EXTRACTIVE_LEAD.get(lang, "") + quotes
             return
         yield from self._generate_grounded(prep, params)
 
