@@ -81,6 +81,11 @@ class Judged:
         return self.declined or (self.total > 0 and self.share < self.llm.grounding_min_supported)
 
 
+def extractive_quotes(grounder: Grounder, llm) -> str:
+    """The extractive answer's quotes, as the settings (LLMSettings) size them."""
+    return grounder.extractive(llm.extractive_sentences, llm.extractive_within, llm.extractive_per_passage)
+
+
 def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Passage], llm, language: str,
                     verdict: dict, again: Callable[[], Iterator[str]] | None = None) -> Iterator[str]:
     """Answer text in pieces from the model's stream: each sentence as soon as it passes the check, never a quote.
@@ -110,7 +115,7 @@ def grounded_answer(stream: Iterator[str], grounder: Grounder, passages: list[Pa
     elif not judged.emitted or judged.share < llm.grounding_min_supported:
         verdict.update(mode="extractive", supported=round(judged.share, 3), **found)
         lead = " " if judged.emitted else EXTRACTIVE_LEAD.get(language, "")
-        yield lead + grounder.extractive(llm.extractive_sentences, llm.extractive_within, llm.extractive_per_passage)
+        yield lead + extractive_quotes(grounder, llm)
     else:
         verdict.update(mode="generated", supported=round(judged.share, 3), **found)
 

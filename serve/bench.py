@@ -187,23 +187,20 @@ def run_bench(settings, url: str | None = None, seconds: float = 60, clients: in
 
     def client(i: int) -> None:
         with httpx.Client() as c:
-            streams(c, i)
-
-    def streams(c: httpx.Client, i: int) -> None:
-        k = i
-        while time.monotonic() < stop_at:
-            try:
-                _stream(c, url, {"model": "atlas-rag", "max_tokens": 32, "messages": [{"role": "user", "content": qs[k % len(qs)]}]})
-                done[0] += 1
-            except httpx.HTTPStatusError as e:
-                if e.response.status_code == 429:  # the queue is full (serve.max_queue): come back when told
-                    rejected[0] += 1
-                    time.sleep(min(float(e.response.headers.get("Retry-After", 1)), max(0.0, stop_at - time.monotonic())))
-                    continue
-                errors.append(repr(e))
-            except Exception as e:  # every failure is counted and shown
-                errors.append(repr(e))
-            k += clients
+            k = i
+            while time.monotonic() < stop_at:
+                try:
+                    _stream(c, url, {"model": "atlas-rag", "max_tokens": 32, "messages": [{"role": "user", "content": qs[k % len(qs)]}]})
+                    done[0] += 1
+                except httpx.HTTPStatusError as e:
+                    if e.response.status_code == 429:  # the queue is full (serve.max_queue): come back when told
+                        rejected[0] += 1
+                        time.sleep(min(float(e.response.headers.get("Retry-After", 1)), max(0.0, stop_at - time.monotonic())))
+                        continue
+                    errors.append(repr(e))
+                except Exception as e:  # every failure is counted and shown
+                    errors.append(repr(e))
+                k += clients
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .answer import grounded_answer
+from .answer import extractive_quotes, grounded_answer
 from .answer_log import AnswerLog, adapter_sha256
 from .engines import Engine, GenerationParams, Readiness, create_engine, languages_written
 from .errors import BadRequest, ClientGone, ContextOverflow, EngineUnavailable, UnknownModel
@@ -225,9 +225,7 @@ class RagEngine:
         if lang not in self.writes(prep.spec):
             # Measured: SmolLM2-135M loops in Russian; quote the passages instead of generating.
             prep.timings["grounding"] = {"mode": "extractive", "supported": 1.0, **NO_EVIDENCE}
-            llm = self.settings.llm
-            quotes = prep.grounder.extractive(llm.extractive_sentences, llm.extractive_within, llm.extractive_per_passage)
-            yield EXTRACTIVE_LEAD.get(lang, "") + quotes
+            yield EXTRACTIVE_LEAD.get(lang, "") + extractive_quotes(prep.grounder, self.settings.llm)
             return
         yield from self._generate_grounded(prep, params)
 
